@@ -232,6 +232,15 @@ class LeakyReluOptions:
 
 
 @dataclass(frozen=True)
+class PackOptions:
+    """PACK (stack ``values_count`` tensors along a new ``axis``).  Not a supported op: the
+    reader needs it to fold Keras' constant shape computations."""
+
+    axis: int
+    values_count: int
+
+
+@dataclass(frozen=True)
 class VariableOptions:
     """Names the :class:`Variable` a READ_VARIABLE / ASSIGN_VARIABLE op works on."""
 
@@ -253,6 +262,7 @@ OpOptions = Union[
     ReducerOptions,
     SoftmaxOptions,
     LeakyReluOptions,
+    PackOptions,
     VariableOptions,
 ]
 
