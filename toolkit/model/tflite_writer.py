@@ -46,6 +46,7 @@ from toolkit.model.ir import (
     LeakyReluOptions,
     NoOptions,
     Op,
+    PackOptions,
     Padding,
     Pool2DOptions,
     QuantParams,
@@ -74,6 +75,19 @@ def _schema() -> ModuleType:
     from ai_edge_litert import schema_py_generated
 
     return schema_py_generated
+
+
+_TENSOR_TYPES = {
+    DType.FLOAT32: "FLOAT32",
+    DType.FLOAT16: "FLOAT16",
+    DType.INT8: "INT8",
+    DType.UINT8: "UINT8",
+    DType.INT16: "INT16",
+    DType.INT32: "INT32",
+    DType.INT64: "INT64",
+    DType.BOOL: "BOOL",
+    DType.RESOURCE: "RESOURCE",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,6 +238,12 @@ def _leaky(s: ModuleType, o: LeakyReluOptions) -> Any:
     return t
 
 
+def _pack(s: ModuleType, o: PackOptions) -> Any:
+    t = s.PackOptionsT()
+    t.valuesCount, t.axis = o.values_count, o.axis
+    return t
+
+
 # Option dataclass → (builder, {opcode: BuiltinOptions union member}).  An option dataclass
 # used with an opcode not listed here is an error (it would be silently dropped otherwise).
 _OPTION_WRITERS: dict[type, tuple[Callable[[ModuleType, Any], Any], dict[str, str]]] = {
@@ -238,6 +258,7 @@ _OPTION_WRITERS: dict[type, tuple[Callable[[ModuleType, Any], Any], dict[str, st
     ReducerOptions: (_reducer, {"MEAN": "ReducerOptions", "SUM": "ReducerOptions"}),
     SoftmaxOptions: (_softmax, {"SOFTMAX": "SoftmaxOptions"}),
     LeakyReluOptions: (_leaky, {"LEAKY_RELU": "LeakyReluOptions"}),
+    PackOptions: (_pack, {"PACK": "PackOptions"}),
 }
 
 # Ops whose TFLite options hold only a fused activation (IR: ActivationOptions or NoOptions).
@@ -245,7 +266,7 @@ _ACTIVATION_ONLY = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions
 # Ops that cannot be run without their options: NoOptions is an error for them.
 _NEEDS_OPTIONS = frozenset(
     {"CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION", "SPLIT",
-     "SPLIT_V", "LEAKY_RELU"}
+     "SPLIT_V", "LEAKY_RELU", "SOFTMAX", "PACK"}
 )
 # Ops that exist in the IR only as the reader's resolution of TFLite's resource machinery.
 _RESOURCE_OPS = frozenset({"VAR_HANDLE", "CALL_ONCE"})
@@ -257,9 +278,14 @@ def _supported() -> tuple[str, ...]:
     return SUPPORTED_OPS
 
 
-def _options(s: ModuleType, op: Op, in_dtype: DType | None) -> tuple[int, Any]:
+def _options(s: ModuleType, op: Op, in_dtype: DType | None, out_dtype: DType | None) -> tuple[int, Any]:
     """(BuiltinOptions union type, options object or None) for an op."""
     o = op.options
+    if op.opcode == "SHAPE" and isinstance(o, NoOptions) and out_dtype is not None:
+        # SHAPE's only option is its output type, which the IR keeps on the output tensor.
+        t = s.ShapeOptionsT()
+        t.outType = int(getattr(s.TensorType, _TENSOR_TYPES[out_dtype]))
+        return int(s.BuiltinOptions.ShapeOptions), t
     if op.opcode in _ACTIVATION_ONLY and isinstance(o, (ActivationOptions, NoOptions)):
         union = _ACTIVATION_ONLY[op.opcode]
         t = getattr(s, union + "T")()
@@ -290,17 +316,6 @@ def _options(s: ModuleType, op: Op, in_dtype: DType | None) -> tuple[int, Any]:
 # Tensors, buffers, op codes.
 
 
-_TENSOR_TYPES = {
-    DType.FLOAT32: "FLOAT32",
-    DType.FLOAT16: "FLOAT16",
-    DType.INT8: "INT8",
-    DType.UINT8: "UINT8",
-    DType.INT16: "INT16",
-    DType.INT32: "INT32",
-    DType.INT64: "INT64",
-    DType.BOOL: "BOOL",
-    DType.RESOURCE: "RESOURCE",
-}
 
 
 @dataclass
@@ -465,7 +480,8 @@ class _MainWriter:
         in_dtype = next((self.g.tensors[i].dtype for i in op.inputs if i >= 0), None)
         version = op_version(op.opcode, in_dtype)
         o = b.operator(b.opcode(op.opcode, version, op), list(op.inputs), list(op.outputs))
-        o.builtinOptionsType, o.builtinOptions = _options(b.s, op, in_dtype)
+        out_dtype = self.g.tensors[op.outputs[0]].dtype if op.outputs else None
+        o.builtinOptionsType, o.builtinOptions = _options(b.s, op, in_dtype, out_dtype)
         return o
 
 
