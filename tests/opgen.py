@@ -70,8 +70,13 @@ class GraphBuilder:
         self._variables: list[Variable] = []
 
     def _add(
-        self, shape: Sequence[int], dtype: DTypeLike, quant: QuantParams | None, name: str | None,
-        data: np.ndarray | None = None, prefix: str = "t",
+        self,
+        shape: Sequence[int],
+        dtype: DTypeLike,
+        quant: QuantParams | None,
+        name: str | None,
+        data: np.ndarray | None = None,
+        prefix: str = "t",
     ) -> int:
         idx = len(self._tensors)
         dt = as_dtype(dtype)
@@ -82,32 +87,61 @@ class GraphBuilder:
         )
         return idx
 
-    def input(self, shape: Sequence[int], dtype: DTypeLike, quant: QuantParams | None = None,
-              name: str | None = None) -> int:
+    def input(
+        self,
+        shape: Sequence[int],
+        dtype: DTypeLike,
+        quant: QuantParams | None = None,
+        name: str | None = None,
+    ) -> int:
         idx = self._add(shape, dtype, quant, name, prefix="input")
         self._inputs.append(idx)
         return idx
 
-    def output(self, shape: Sequence[int], dtype: DTypeLike, quant: QuantParams | None = None,
-               name: str | None = None) -> int:
+    def output(
+        self,
+        shape: Sequence[int],
+        dtype: DTypeLike,
+        quant: QuantParams | None = None,
+        name: str | None = None,
+    ) -> int:
         idx = self._add(shape, dtype, quant, name, prefix="output")
         self._outputs.append(idx)
         return idx
 
-    def tensor(self, shape: Sequence[int], dtype: DTypeLike, quant: QuantParams | None = None,
-               name: str | None = None) -> int:
+    def tensor(
+        self,
+        shape: Sequence[int],
+        dtype: DTypeLike,
+        quant: QuantParams | None = None,
+        name: str | None = None,
+    ) -> int:
         """An intermediate (non-output) activation tensor."""
         return self._add(shape, dtype, quant, name)
 
-    def const(self, array: Any, quant: QuantParams | None = None, dtype: DTypeLike | None = None,
-              name: str | None = None) -> int:
+    def const(
+        self,
+        array: Any,
+        quant: QuantParams | None = None,
+        dtype: DTypeLike | None = None,
+        name: str | None = None,
+    ) -> int:
         """A constant; ``dtype`` defaults to the array's dtype."""
         arr = np.asarray(array)
         dt = as_dtype(dtype) if dtype is not None else DType(arr.dtype.name)
-        return self._add(arr.shape, dt, quant, name, data=arr, prefix="const")
+        cast = arr.astype(dt.numpy)
+        if arr.dtype.kind in "iub" and not np.array_equal(cast, arr):
+            raise ValueError(f"constant values do not fit {dt.value}")
+        return self._add(arr.shape, dt, quant, name, data=cast, prefix="const")
 
-    def variable(self, shape: Sequence[int], dtype: DTypeLike, quant: QuantParams | None = None,
-                 initial: Any = None, name: str | None = None) -> int:
+    def variable(
+        self,
+        shape: Sequence[int],
+        dtype: DTypeLike,
+        quant: QuantParams | None = None,
+        initial: Any = None,
+        name: str | None = None,
+    ) -> int:
         """A streaming-model variable (initial value zeros by default); returns its variable index
         for ``VariableOptions(variable=...)``."""
         dt = as_dtype(dtype)
@@ -118,12 +152,24 @@ class GraphBuilder:
         self._variables.append(Variable(idx, name or f"var{idx}", shp, dt, quant, init))
         return idx
 
-    def op(self, opcode: str, inputs: Sequence[int], outputs: Sequence[int],
-           options: OpOptions | None = None, name: str = "") -> int:
+    def op(
+        self,
+        opcode: str,
+        inputs: Sequence[int],
+        outputs: Sequence[int],
+        options: OpOptions | None = None,
+        name: str = "",
+    ) -> int:
         idx = len(self._ops)
         self._ops.append(
-            Op(idx, opcode, tuple(int(i) for i in inputs), tuple(int(o) for o in outputs),
-               options if options is not None else NoOptions(), name)
+            Op(
+                idx,
+                opcode,
+                tuple(int(i) for i in inputs),
+                tuple(int(o) for o in outputs),
+                options if options is not None else NoOptions(),
+                name,
+            )
         )
         return idx
 
@@ -171,8 +217,9 @@ def quant_from_range(lo: float, hi: float, dtype: DTypeLike = "int8") -> QuantPa
     return QuantParams((scale,), (zp,))
 
 
-def rand_quant(rng: np.random.Generator, lo: float, hi: float, dtype: DTypeLike = "int8", *,
-               jitter: float = 0.25) -> QuantParams:
+def rand_quant(
+    rng: np.random.Generator, lo: float, hi: float, dtype: DTypeLike = "int8", *, jitter: float = 0.25
+) -> QuantParams:
     """Realistic per-tensor parameters for activations observed in ``[lo, hi]``.
 
     Each end of the range is shrunk by a random factor in ``[1 - jitter, 1]`` (calibrated ranges
@@ -212,8 +259,15 @@ def extreme_quant(
     return QuantParams((float(np.float32(scale)),), (zp,))
 
 
-def rand_per_channel(rng: np.random.Generator, channels: int, *, axis: int = 0, dtype: DTypeLike = "int8",
-                     scale_range: tuple[float, float] = (1e-3, 1e-1), extreme: bool = False) -> QuantParams:
+def rand_per_channel(
+    rng: np.random.Generator,
+    channels: int,
+    *,
+    axis: int = 0,
+    dtype: DTypeLike = "int8",
+    scale_range: tuple[float, float] = (1e-3, 1e-1),
+    extreme: bool = False,
+) -> QuantParams:
     """Symmetric per-channel weight parameters (zero point 0), scales log-uniform in
     ``scale_range``.  ``extreme=True`` spreads them over 1e-8 … 10 and puts one channel at each
     end, as weights of dead or exploding channels do in real models."""
@@ -236,8 +290,12 @@ def bias_quant(input_quant: QuantParams, weight_quant: QuantParams) -> QuantPara
 # Random data.
 
 
-def rand_weights(rng: np.random.Generator, shape: Sequence[int], quant: QuantParams | None = None,
-                 dtype: DTypeLike = "int8") -> np.ndarray:
+def rand_weights(
+    rng: np.random.Generator,
+    shape: Sequence[int],
+    quant: QuantParams | None = None,
+    dtype: DTypeLike = "int8",
+) -> np.ndarray:
     """Random constant weights: symmetric integers (-127…127 for int8) when ``dtype`` is an
     integer type, else normal floats with std 0.5."""
     dt = as_dtype(dtype)
@@ -258,8 +316,9 @@ def rand_bias(
     return (rng.standard_normal(n) * 0.1).astype(dt.numpy)
 
 
-def rand_input(rng: np.random.Generator, tensor: Tensor, lo: float | None = None,
-               hi: float | None = None) -> np.ndarray:
+def rand_input(
+    rng: np.random.Generator, tensor: Tensor, lo: float | None = None, hi: float | None = None
+) -> np.ndarray:
     """Random values for an input tensor: the full integer range for int8/uint8/int16, ±1000 for
     int32/int64, uniform ``[lo, hi]`` (default ±3) for floats, coin flips for bool."""
     shape, dt = tensor.shape, tensor.dtype
@@ -280,8 +339,9 @@ def rand_input(rng: np.random.Generator, tensor: Tensor, lo: float | None = None
 # Comparison against the interpreter.
 
 
-def assert_same(actual: np.ndarray, expected: np.ndarray, what: str, *, atol_float: float = 1e-6,
-                rtol_float: float = 1e-5) -> None:
+def assert_same(
+    actual: np.ndarray, expected: np.ndarray, what: str, *, atol_float: float = 1e-6, rtol_float: float = 1e-5
+) -> None:
     """Integers/bools: bit-identical.  Floats: ``|a - e| <= atol + rtol * |e|`` (NaN == NaN).
 
     The message names the count of differing elements, the largest difference and the first
@@ -359,8 +419,9 @@ def check_against_interpreter(
 
     rng = rng if rng is not None else np.random.default_rng(0)
     model = write_tflite(graph)
-    interp = ReferenceInterpreter(model, reference_kernels=reference_kernels,
-                                  preserve_all_tensors=intermediates)
+    interp = ReferenceInterpreter(
+        model, reference_kernels=reference_kernels, preserve_all_tensors=intermediates
+    )
     oracle_cls = _oracle_factory()
     oracle = oracle_cls(graph)
     read = _reader() if reread else None
@@ -374,20 +435,31 @@ def check_against_interpreter(
         res = oracle.run(xs, keep_intermediates=intermediates)
         for k, (idx, g_out, o_out) in enumerate(zip(graph.outputs, got, res.outputs, strict=True)):
             name = graph.tensors[idx].name
-            assert_same(o_out, g_out, f"{tag}: output {k} ({name}) oracle vs interpreter",
-                        atol_float=atol_float, rtol_float=rtol_float)
+            assert_same(
+                o_out,
+                g_out,
+                f"{tag}: output {k} ({name}) oracle vs interpreter",
+                atol_float=atol_float,
+                rtol_float=rtol_float,
+            )
         if intermediates:
             _compare_intermediates(graph, interp, res.tensors, tag, atol_float, rtol_float)
         if reread_oracle is not None:
             res2 = reread_oracle.run(xs)
             for k, (a, b) in enumerate(zip(res2.outputs, res.outputs, strict=True)):
-                assert_same(a, b, f"{tag}: output {k} oracle on re-read graph vs on built graph",
-                            atol_float=0.0, rtol_float=0.0)
+                assert_same(
+                    a,
+                    b,
+                    f"{tag}: output {k} oracle on re-read graph vs on built graph",
+                    atol_float=0.0,
+                    rtol_float=0.0,
+                )
     return got
 
 
-def _compare_intermediates(graph: Graph, interp: Any, values: dict[int, np.ndarray], tag: str,
-                           atol_float: float, rtol_float: float) -> None:
+def _compare_intermediates(
+    graph: Graph, interp: Any, values: dict[int, np.ndarray], tag: str, atol_float: float, rtol_float: float
+) -> None:
     skip = set(graph.inputs) | set(graph.outputs)
     for idx, value in sorted(values.items()):
         t = graph.tensors[idx]
@@ -396,6 +468,10 @@ def _compare_intermediates(graph: Graph, interp: Any, values: dict[int, np.ndarr
         theirs = interp.tensor(idx)
         if theirs.size == value.size:
             theirs = theirs.reshape(value.shape)
-        assert_same(value, theirs,
-                    f"{tag}: tensor {idx} ({t.name}) oracle vs interpreter",
-                    atol_float=atol_float, rtol_float=rtol_float)
+        assert_same(
+            value,
+            theirs,
+            f"{tag}: tensor {idx} ({t.name}) oracle vs interpreter",
+            atol_float=atol_float,
+            rtol_float=rtol_float,
+        )

@@ -358,16 +358,62 @@ GRAPHS: dict[str, Callable[[Rng], Graph]] = {
 }
 
 
+def _conv16(rng: Rng) -> Graph:
+    """16x8 quantization: int16 activations, int8 per-channel weights, int64 bias."""
+    b = GraphBuilder("conv16")
+    x = b.input((1, 4, 4, 2), "int16", rand_quant(rng, -1, 1, "int16"))
+    wq = rand_per_channel(rng, 3)
+    w = b.const(rand_weights(rng, (3, 3, 3, 2)), wq)
+    bias = b.const(rand_bias(rng, 3, "int64"), bias_quant(b.quant(x), wq))
+    y = b.output((1, 2, 2, 3), "int16", rand_quant(rng, -4, 4, "int16"))
+    b.op("CONV_2D", [x, w, bias], [y], Conv2DOptions(Padding.VALID, 1, 1))
+    return b.build()
+
+
+def _add16(rng: Rng) -> Graph:
+    """int16 ADD with power-of-two scales: with the schema default pot_scale_int16 = true TFLite
+    would take its power-of-two path, which refuses these scales (both inputs shifted)."""
+    del rng
+    b = GraphBuilder("add16")
+    x1 = b.input((2, 3), "int16", QuantParams((2.0**-12,), (0,)))
+    x2 = b.input((2, 3), "int16", QuantParams((2.0**-13,), (0,)))
+    y = b.output((2, 3), "int16", QuantParams((2.0**-11,), (0,)))
+    b.op("ADD", [x1, x2], [y], ActivationOptions())
+    return b.build()
+
+
+def _fc_uint8(rng: Rng) -> Graph:
+    b = GraphBuilder("fc_uint8")
+    x = b.input((2, 6), "uint8", rand_quant(rng, -1, 1, "uint8"))
+    wq = rand_quant(rng, -0.5, 0.5, "uint8")
+    w = b.const(rng.integers(0, 256, size=(3, 6)).astype(np.uint8), wq)
+    bias = b.const(rand_bias(rng, 3), bias_quant(b.quant(x), QuantParams(wq.scale, (0,))))
+    y = b.output((2, 3), "uint8", rand_quant(rng, -3, 3, "uint8"))
+    b.op("FULLY_CONNECTED", [x, w, bias], [y], FullyConnectedOptions())
+    return b.build()
+
+
+# Other element types: the op-code versions the writer picks for them must load too.
+OTHER_DTYPE_GRAPHS: dict[str, Callable[[Rng], Graph]] = {
+    "conv16": _conv16,
+    "add16": _add16,
+    "fc_uint8": _fc_uint8,
+}
+
+
 def test_every_supported_op_has_a_writer_graph() -> None:
     rng = np.random.default_rng(0)
     covered = {op.opcode for make in GRAPHS.values() for op in make(rng).ops}
     assert covered == set(SUPPORTED_OPS)
 
 
-@pytest.mark.parametrize("name", sorted(GRAPHS))
-def test_written_graph_runs_in_interpreter_with_declared_outputs(name: str, rng: Rng) -> None:
-    graph = GRAPHS[name](rng)
-    interp = ReferenceInterpreter(write_tflite(graph))
+@pytest.mark.parametrize("reference_kernels", [True, False], ids=["ref", "optimized"])
+@pytest.mark.parametrize("name", sorted(GRAPHS) + sorted(OTHER_DTYPE_GRAPHS))
+def test_written_graph_runs_in_interpreter_with_declared_outputs(
+    name: str, reference_kernels: bool, rng: Rng
+) -> None:
+    graph = {**GRAPHS, **OTHER_DTYPE_GRAPHS}[name](rng)
+    interp = ReferenceInterpreter(write_tflite(graph), reference_kernels=reference_kernels)
     assert [d.index for d in interp.input_details] == list(graph.inputs)
     assert [d.index for d in interp.output_details] == list(graph.outputs)
     lo, hi = INPUT_RANGES.get(name, (None, None))
@@ -712,3 +758,20 @@ def test_real_oracle_matches_interpreter_on_a_float_add(rng: Rng) -> None:
         pytest.skip(f"oracle kernels not all present yet: {exc}")
     check_against_interpreter(_add_graph("float32"), rng=rng)
     check_against_interpreter(_streaming(rng), rng=rng, steps=3)
+    # int16 ADD is written with pot_scale_int16 = false (the general path the oracle models).
+    check_against_interpreter(_add16(rng), rng=rng)
+
+
+def test_writer_refuses_constant_data_of_another_dtype(rng: Rng) -> None:
+    g = _conv(rng)
+    w = g.tensors[1]
+    assert w.data is not None
+    bad_w = type(w)(w.index, w.name, w.shape, w.dtype, w.quant, w.data.astype(np.int32))
+    bad = Graph(g.name, (g.tensors[0], bad_w, *g.tensors[2:]), g.ops, g.inputs, g.outputs)
+    with pytest.raises(TFLiteWriteError, match="holds int32"):
+        write_tflite(bad)
+
+
+def test_builder_refuses_constants_that_do_not_fit() -> None:
+    with pytest.raises(ValueError, match="int8"):
+        GraphBuilder().const(np.array([1, 300]), dtype="int8")
