@@ -1,0 +1,140 @@
+"""The ``boardfit`` command line.
+
+Commands print rich tables for people and, with ``--json``, a stable JSON document for scripts
+(schemas in docs/json.md).  Every :class:`~toolkit.errors.BoardfitError` becomes a one-line
+message on stderr and exit code 2; a failed check (verify mismatch) is exit code 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from toolkit import jsonout, tables
+from toolkit.errors import BoardfitError
+
+app = typer.Typer(
+    name="boardfit",
+    help="Fit a TensorFlow Lite model onto a microcontroller or a Raspberry Pi.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+T = TypeVar("T")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of tables.")]
+ModelArg = Annotated[Path, typer.Argument(help="A .tflite model file.", show_default=False)]
+
+
+def _guarded(fn: Callable[[], T]) -> T:
+    """Run a command body, turning boardfit's errors into a message and exit code 2."""
+    try:
+        return fn()
+    except BoardfitError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        err.print(f"[bold red]error:[/] {exc.strerror or exc}: {exc.filename or ''}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _emit_json(doc: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s"
+    )
+
+
+@app.command()
+def boards(as_json: JsonFlag = False) -> None:
+    """List the boards boardfit knows, with their memory, clock and how they are run."""
+    from toolkit.boards import list_boards
+
+    found = _guarded(list_boards)
+    if as_json:
+        _emit_json(jsonout.boards_doc(found))
+    else:
+        out.print(tables.boards_table(found))
+
+
+@app.command()
+def inspect(model: ModelArg, as_json: JsonFlag = False) -> None:
+    """Per-layer ops, shapes, parameters, MACs and bytes, and whether boardfit supports each op."""
+    from toolkit.model.summary import summarize
+    from toolkit.model.tflite import read_tflite
+
+    summary = _guarded(lambda: summarize(read_tflite(model)))
+    if as_json:
+        _emit_json(jsonout.inspect_doc(summary, model))
+    else:
+        tables.print_inspect(out, summary, model)
+
+
+@app.command()
+def verify(
+    model: ModelArg,
+    data: Annotated[
+        str | None,
+        typer.Option(help="A built-in data set (digits[:split]) or an .npz with x (and y)."),
+    ] = None,
+    samples: Annotated[int, typer.Option(help="How many samples to run (0 = all of --data).")] = 32,
+    layerwise: Annotated[bool, typer.Option(help="Compare every intermediate tensor too.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the random inputs used without --data.")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the numpy oracle and the TFLite reference interpreter side by side and compare."""
+    report = _guarded(lambda: _run_verify(model, data, samples, layerwise, seed))
+    if as_json:
+        _emit_json(jsonout.verify_doc(report, model))
+    else:
+        tables.print_verify(out, report, model)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _run_verify(model: Path, data: str | None, samples: int, layerwise: bool, seed: int) -> Any:
+    from toolkit.errors import DataError
+    from toolkit.model.tflite import read_tflite
+    from toolkit.verify import random_inputs, verify
+
+    raw = Path(model).read_bytes()
+    graph = dataclasses.replace(read_tflite(raw), name=Path(model).stem)
+    if data is None:
+        inputs = random_inputs(graph, max(samples, 1), seed)
+        source = f"{len(inputs)} random samples (seed {seed})"
+    else:
+        from toolkit.datasets import load_dataset
+
+        if len(graph.inputs) != 1:
+            raise DataError(f"--data feeds one input, {model} has {len(graph.inputs)}")
+        ds = load_dataset(data, graph)
+        x = ds.x if samples <= 0 else ds.x[:samples]
+        shape = graph.input_tensors[0].shape
+        inputs = [[sample.reshape(shape)] for sample in x]
+        source = f"{len(inputs)} samples of {ds.name}"
+    return verify(graph, raw, inputs, input_source=source, layerwise=layerwise)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

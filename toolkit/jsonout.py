@@ -1,0 +1,94 @@
+"""The ``--json`` documents of the CLI.  Their schemas are versioned and documented in docs/json.md.
+
+Each builder turns typed report objects into plain JSON values; nothing else in boardfit
+produces JSON for users, so a schema change is a change in this one file (and its version).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from toolkit.boards import Board
+    from toolkit.model.summary import GraphSummary
+    from toolkit.verify import TensorComparison, VerifyReport
+
+INSPECT_SCHEMA = "boardfit.inspect/1"
+VERIFY_SCHEMA = "boardfit.verify/1"
+BOARDS_SCHEMA = "boardfit.boards/1"
+
+
+def _spec(name: str, shape: Sequence[int], dtype: str) -> dict[str, Any]:
+    return {"name": name, "shape": list(shape), "dtype": dtype}
+
+
+def inspect_doc(s: GraphSummary, path: Path) -> dict[str, Any]:
+    return {
+        "schema": INSPECT_SCHEMA,
+        "model": str(path),
+        "inputs": [_spec(*x) for x in s.input_specs],
+        "outputs": [_spec(*x) for x in s.output_specs],
+        "layers": [
+            {
+                "index": layer.index,
+                "op": layer.opcode,
+                "name": layer.name,
+                "input_shapes": [list(x) for x in layer.input_shapes],
+                "output_shapes": [list(x) for x in layer.output_shapes],
+                "dtype": layer.dtype,
+                "parameters": layer.parameters,
+                "macs": layer.macs,
+                "weight_bytes": layer.weight_bytes,
+                "activation_bytes": layer.activation_bytes,
+                "supported": layer.supported,
+            }
+            for layer in s.layers
+        ],
+        "totals": {
+            "layers": len(s.layers),
+            "macs": s.total_macs,
+            "parameters": s.total_parameters,
+            "weight_bytes": s.total_weight_bytes,
+            "largest_activation_bytes": s.largest_activation_bytes,
+            "state_bytes": s.state_bytes,
+        },
+        "unsupported_ops": list(s.unsupported),
+        "supported": not s.unsupported,
+    }
+
+
+def _comparison(c: TensorComparison) -> dict[str, Any]:
+    return {
+        "tensor": c.tensor,
+        "name": c.name,
+        "dtype": c.dtype,
+        "elements": c.elements,
+        "mismatched": c.mismatched,
+        "max_abs_diff": c.max_abs_diff,
+        "tolerance": c.tolerance,
+        "bit_exact": c.bit_exact,
+        "ok": c.ok,
+    }
+
+
+def verify_doc(r: VerifyReport, path: Path) -> dict[str, Any]:
+    div = r.first_divergence
+    return {
+        "schema": VERIFY_SCHEMA,
+        "model": str(path),
+        "backend": r.backend,
+        "samples": r.samples,
+        "inputs": r.input_source,
+        "outputs": [_comparison(c) for c in r.outputs],
+        "layers_compared": r.layers_compared,
+        "first_divergence": None
+        if div is None
+        else {"op_index": div.op_index, "op": div.opcode, **_comparison(div.comparison)},
+        "ok": r.ok,
+    }
+
+
+def boards_doc(boards: Sequence[Board]) -> dict[str, Any]:
+    return {"schema": BOARDS_SCHEMA, "boards": [b.to_json() for b in boards]}

@@ -1,0 +1,100 @@
+"""Rich tables for the CLI's human-readable output."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from toolkit.boards import Board
+    from toolkit.model.summary import GraphSummary
+    from toolkit.verify import TensorComparison, VerifyReport
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "×".join(str(d) for d in shape) if shape else "scalar"
+
+
+def kib(n: int) -> str:
+    return f"{n / 1024:,.1f} KiB" if n >= 1024 else f"{n} B"
+
+
+def boards_table(boards: Sequence[Board]) -> Table:
+    t = Table(title="Boards", title_justify="left")
+    for col in ("id", "core", "clock", "flash budget", "RAM budget", "features", "run with"):
+        t.add_column(col, justify="right" if col in ("clock", "flash budget", "RAM budget") else "left")
+    for b in boards:
+        t.add_row(
+            b.id,
+            b.core,
+            f"{b.clock_hz / 1e6:g} MHz",
+            kib(b.flash_budget),
+            kib(b.ram_budget),
+            " ".join(b.features),
+            b.runner_summary,
+        )
+    return t
+
+
+def print_inspect(console: Console, s: GraphSummary, path: Path) -> None:
+    t = Table(title=f"{path.name}: {len(s.layers)} layers", title_justify="left")
+    for col in ("#", "op", "in → out", "dtype", "params", "MACs", "weights", "activations", "ok"):
+        t.add_column(col, justify="right" if col in ("#", "params", "MACs", "weights", "activations")
+                     else "left")
+    for layer in s.layers:
+        shapes = ", ".join(_shape(x) for x in layer.input_shapes[:1]) + " → " + ", ".join(
+            _shape(x) for x in layer.output_shapes
+        )
+        t.add_row(
+            str(layer.index),
+            layer.opcode,
+            shapes,
+            layer.dtype,
+            f"{layer.parameters:,}",
+            f"{layer.macs:,}",
+            kib(layer.weight_bytes),
+            kib(layer.activation_bytes),
+            "[green]yes[/]" if layer.supported else "[red]no[/]",
+        )
+    console.print(t)
+    ins = ", ".join(f"{n} {_shape(sh)} {dt}" for n, sh, dt in s.input_specs)
+    outs = ", ".join(f"{n} {_shape(sh)} {dt}" for n, sh, dt in s.output_specs)
+    console.print(f"inputs: {ins}\noutputs: {outs}")
+    console.print(
+        f"total: {s.total_macs:,} MACs, {s.total_parameters:,} parameters, "
+        f"{kib(s.total_weight_bytes)} of weights, largest activation {kib(s.largest_activation_bytes)}"
+        + (f", {kib(s.state_bytes)} of state" if s.state_bytes else "")
+    )
+    if s.unsupported:
+        console.print(f"[red]unsupported ops:[/] {', '.join(s.unsupported)}")
+    else:
+        console.print("[green]every op is supported[/]")
+
+
+def _cmp_row(t: Table, label: str, c: TensorComparison) -> None:
+    exact = c.dtype not in ("float32", "float16")
+    verdict = ("bit-exact" if c.bit_exact else "[red]differs[/]") if exact else (
+        "within tolerance" if c.ok else "[red]out of tolerance[/]")
+    t.add_row(label, c.name, c.dtype, f"{c.elements:,}", f"{c.mismatched:,}", f"{c.max_abs_diff:.3g}", verdict)
+
+
+def print_verify(console: Console, r: VerifyReport, path: Path) -> None:
+    t = Table(title=f"{path.name}: oracle vs {r.backend} reference kernels", title_justify="left")
+    for col in ("output", "tensor", "dtype", "elements", "differing", "max |diff|", "verdict"):
+        t.add_column(col)
+    for k, c in enumerate(r.outputs):
+        _cmp_row(t, str(k), c)
+    console.print(t)
+    console.print(f"inputs: {r.input_source}")
+    if r.layers_compared:
+        if r.first_divergence is None:
+            console.print(f"all {r.layers_compared} layers' outputs agree")
+        else:
+            d = r.first_divergence
+            console.print(f"[red]first diverging layer:[/] #{d.op_index} {d.opcode} "
+                          f"(tensor {d.comparison.name}, {d.comparison.mismatched} elements differ)")
+    console.print("[green]OK[/]" if r.ok else "[red]MISMATCH[/]")
