@@ -55,30 +55,31 @@ def _per_tensor(t: Tensor, what: str) -> tuple[float, int]:
 
 
 def _float_range(activation: str) -> tuple[float, float]:
-    """``CalculateActivationRange`` for float kernels."""
-    ranges = {
-        "NONE": (-np.inf, np.inf),
-        "RELU": (0.0, np.inf),
-        "RELU6": (0.0, 6.0),
-        "RELU_N1_TO_1": (-1.0, 1.0),
-    }
-    if activation not in ranges:
-        raise ValueError(f"fused activation {activation} is not supported on this op")
-    return ranges[activation]
+    """``CalculateActivationRange`` for float kernels.
+
+    Like TFLite, a fused TANH or SIGN_BIT is *ignored* here (no clamp; checked against the
+    interpreter): ``CalculateActivationRange`` only knows the RELU family.
+    """
+    ranges = {"RELU": (0.0, np.inf), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0)}
+    return ranges.get(activation, (-np.inf, np.inf))
+
+
+def _quantized_range(activation: str, scale: float, zero_point: int, dtype: np.dtype) -> tuple[int, int]:
+    """``CalculateActivationRangeQuantized``: TFLite clamps only for the RELU family and gives the
+    full type range for any other fused activation (TANH, SIGN_BIT), checked against the
+    interpreter; ``quant.activation_range_quantized`` refuses those, so map them to NONE here."""
+    relu_family = ("RELU", "RELU6", "RELU_N1_TO_1")
+    return quant.activation_range_quantized(
+        activation if activation in relu_family else "NONE", scale, zero_point, dtype
+    )
 
 
 def _int_range(activation: str, dtype: np.dtype) -> tuple[int, int]:
-    """``CalculateActivationRange`` for non-quantized integer kernels (int32/int64)."""
+    """``CalculateActivationRange`` for non-quantized integer kernels (int32/int64); like the
+    float version it ignores activations other than the RELU family."""
     lo, hi = quant.dtype_range(dtype)
-    if activation == "NONE":
-        return lo, hi
-    if activation == "RELU":
-        return 0, hi
-    if activation == "RELU6":
-        return 0, 6
-    if activation == "RELU_N1_TO_1":
-        return -1, 1
-    raise ValueError(f"fused activation {activation} is not supported on this op")
+    ranges = {"RELU": (0, hi), "RELU6": (0, 6), "RELU_N1_TO_1": (-1, 1)}
+    return ranges.get(activation, (lo, hi))
 
 
 def _finish(result: np.ndarray, out: Tensor) -> np.ndarray:
@@ -150,7 +151,7 @@ def add_sub_params(t1: Tensor, t2: Tensor, out: Tensor, activation: str) -> AddS
     m1, sh1 = quant.quantize_multiplier_smaller_than_one(s1 / twice_max)
     m2, sh2 = quant.quantize_multiplier_smaller_than_one(s2 / twice_max)
     mo, sho = quant.quantize_multiplier_smaller_than_one(real_out)
-    lo, hi = quant.activation_range_quantized(activation, so, zo, dtype.numpy)
+    lo, hi = _quantized_range(activation, so, zo, dtype.numpy)
     return AddSubParams(left_shift, -z1, -z2, zo, m1, sh1, m2, sh2, mo, sho, lo, hi)
 
 
@@ -231,7 +232,7 @@ def mul(ctx: OpContext) -> list[np.ndarray]:
     mult, shift = mul_multiplier(t1, t2, out)
     prod = quant.wrap_int32((x1.astype(np.int64) - z1) * (x2.astype(np.int64) - z2))
     res = quant.multiply_by_quantized_multiplier(prod, mult, shift) + zo
-    lo, hi = quant.activation_range_quantized(act, so, zo, out.dtype.numpy)
+    lo, hi = _quantized_range(act, so, zo, out.dtype.numpy)
     return [_finish(np.clip(res, lo, hi), out)]
 
 
