@@ -281,7 +281,7 @@ def _hard_swish_params(in_scale: float, out_scale: float) -> tuple[int, int, int
     out_mult, out_exp = quantize_multiplier(float(hires_input_scale / F32(out_scale)))
     if out_exp > 0:
         raise ValueError(
-            f"HARD_SWISH needs input scale / output scale < 64, got {in_scale} / {out_scale}"
+            f"HARD_SWISH needs input scale / output scale < 128, got {in_scale} / {out_scale}"
         )
     rel_mult, rel_exp = quantize_multiplier(float(hires_input_scale / reluish_scale))
     down = _downscale_multiplier_to_int16

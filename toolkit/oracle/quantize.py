@@ -17,7 +17,12 @@ from __future__ import annotations
 import numpy as np
 
 from toolkit.model.ir import DType, QuantParams
-from toolkit.oracle.quant import dtype_range, multiply_by_quantized_multiplier, quantize_multiplier
+from toolkit.oracle.quant import (
+    dtype_range,
+    multiply_by_quantized_multiplier,
+    quantize_multiplier,
+    wrap_int32,
+)
 from toolkit.oracle.registry import OpContext, register
 
 F32 = np.float32
@@ -57,14 +62,30 @@ def _params(q: QuantParams, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return scale.reshape(shape), zp.reshape(shape)
 
 
+def float_to_int32_x86(r: np.ndarray) -> np.ndarray:
+    """``static_cast<int32_t>`` of integral float values as x86 (``cvttss2si``) executes it:
+    values outside the int32 range, infinities and NaN become INT32_MIN."""
+    r = np.asarray(r, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        inside = (r >= -(2.0**31)) & (r < 2.0**31)
+    return np.where(inside, np.where(inside, r, 0).astype(np.int64), -(2**31))
+
+
 def affine_quantize(x: np.ndarray, q: QuantParams, dtype: DType) -> np.ndarray:
-    """``AffineQuantize`` / ``PerChannelQuantize``: float32 values → ``dtype`` integers."""
+    """``AffineQuantize`` / ``PerChannelQuantize``: float32 values → ``dtype`` integers.
+
+    ``round(x / scale)`` (float32 division, half away from zero) is converted to int32 and the
+    zero point added in int32 before clamping, as the installed TFLite does: an out-of-range
+    quotient (|x / scale| ≥ 2^31, ±inf, NaN) therefore becomes INT32_MIN + zero point, which
+    clamps to the type's minimum (or, wrapping, to its maximum when the zero point is negative).
+    """
     scale, zp = _params(q, x)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         quotient = (np.asarray(x, dtype=F32) / scale).astype(np.float64)
-    rounded = np.copysign(np.floor(np.abs(quotient) + 0.5), quotient)
+        rounded = np.copysign(np.floor(np.abs(quotient) + 0.5), quotient)
+    unclamped = wrap_int32(float_to_int32_x86(rounded) + zp)
     lo, hi = dtype_range(dtype.numpy)
-    return np.clip(rounded + zp, lo, hi).astype(dtype.numpy)
+    return np.clip(unclamped, lo, hi).astype(dtype.numpy)
 
 
 def requantize(x: np.ndarray, q_in: QuantParams, q_out: QuantParams, dtype: DType) -> np.ndarray:
