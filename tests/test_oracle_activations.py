@@ -95,6 +95,15 @@ def test_lut_ops_float(op: str, rng: np.random.Generator) -> None:
     check_against_interpreter(unary_graph(op, x.shape, "float32", None, None), [x])
 
 
+@pytest.mark.parametrize("op", ["LOGISTIC", "TANH"])
+def test_lut_ops_int16_are_refused_clearly(op: str) -> None:
+    """TFLite's int16 LOGISTIC/TANH interpolate a hard-coded sigmoid table that is not derived
+    from a formula; the oracle does not model them and says so."""
+    g = unary_graph(op, (4,), "int16", qp(2.0**-12), qp(2.0**-15))
+    with pytest.raises(OracleError, match="int16"):
+        Oracle(g).run([np.zeros(4, np.int16)])
+
+
 def test_logistic_needs_output_scale_1_over_256() -> None:
     g = unary_graph("LOGISTIC", (4,), "int8", qp(0.1), qp(1 / 128, -128))
     assert_both_refuse(g, [np.zeros(4, np.int8)])
@@ -137,6 +146,23 @@ def test_softmax_quantized_shapes(dtype: str, shape: tuple[int, ...], rng: np.ra
 def test_softmax_float(shape: tuple[int, ...], beta: float, rng: np.random.Generator) -> None:
     x = (rng.standard_normal(shape) * 4).astype(np.float32)
     check_against_interpreter(unary_graph("SOFTMAX", shape, "float32", None, None, SoftmaxOptions(beta)), [x])
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("shape", [(9,), (3, 40), (2, 2, 3, 17)])
+def test_softmax_int16(shape: tuple[int, ...], beta: float, rng: np.random.Generator) -> None:
+    """int16 → int16: interpolated exp and 1/(1+x) tables built at prepare time."""
+    for k, log_scale in enumerate((-5.0, -3.5, -2.0, -0.5)):
+        x = rng.integers(-32768, 32768, size=shape).astype(np.int16)
+        if k % 2:
+            x //= 64  # differences within the table's [-10, 0] range
+        g = unary_graph("SOFTMAX", shape, "int16", qp(10**log_scale), qp(1 / 32768), SoftmaxOptions(beta))
+        check_against_interpreter(g, [x])
+
+
+def test_softmax_int16_needs_zero_points_0() -> None:
+    g = unary_graph("SOFTMAX", (2, 5), "int16", qp(0.001, 3), qp(1 / 32768), SoftmaxOptions(1.0))
+    assert_both_refuse(g, [np.zeros((2, 5), np.int16)])
 
 
 def test_softmax_int8_needs_its_output_quantization() -> None:

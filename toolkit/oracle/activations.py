@@ -5,8 +5,11 @@ Each quantized path is the one TFLite's reference op resolver (``BUILTIN_REF``) 
 
 * SOFTMAX int8/uint8 → int8/uint8/int16: ``reference_ops::Softmax``, gemmlowp fixed point
   (Q5.26 scaled differences, ``exp_on_negative_values``, a Q12.19 sum and ``GetReciprocal``).
+* SOFTMAX int16 → int16: ``reference_ops::SoftmaxInt16``, interpolated int16 tables of exp and
+  1/(1+x) built in double at prepare time.
 * LOGISTIC and TANH int8/uint8: a 256-entry table built in float32 at prepare time
-  (``LUTPopulate``); LOGISTIC needs the output scale 1/256.
+  (``LUTPopulate``); LOGISTIC needs the output scale 1/256.  Their int16 kernels interpolate a
+  hard-coded sigmoid table that no formula reproduces; they are refused here.
 * HARD_SWISH int8/uint8: ``reference_ops::HardSwish`` in 16-bit fixed point.
 * RELU, RELU6 (also int16), LEAKY_RELU (also int16), PRELU: requantization with
   ``MultiplyByQuantizedMultiplier``.
@@ -61,10 +64,6 @@ def round_half_away_f32(x: np.ndarray) -> np.ndarray:
     """``std::round`` of float32 values, exactly (``|x| + 0.5`` is exact in float64)."""
     x64 = np.asarray(x, dtype=np.float64)
     return np.copysign(np.floor(np.abs(x64) + 0.5), x64)
-
-
-def _requantize(values: np.ndarray, multiplier: int, shift: int, out_zp: int, lo: int, hi: int) -> np.ndarray:
-    return np.clip(multiply_by_quantized_multiplier(values, multiplier, shift) + out_zp, lo, hi)
 
 
 def _same_dtypes(ctx: OpContext) -> DType:
@@ -361,13 +360,52 @@ def softmax_quantized(x: np.ndarray, in_scale: float, beta: float, out_dtype: DT
     return np.where(used, np.clip(unsat + lo, lo, hi), lo)
 
 
+def _softmax_int16_tables() -> tuple[np.ndarray, np.ndarray]:
+    """SoftmaxPrepare's int16 tables: exp on [-10, 0] and 1 / (1 + x) on [0, 1], both with the
+    symmetric output range [-1, 1] (built in double)."""
+    span = INT16_RANGE
+    exp_lut = fp.lut_populate_int16(10.0 / span, fp.INT16_MAX, 2.0 / span, 0, np.exp)
+    recip_lut = fp.lut_populate_int16(1.0 / span, fp.INT16_MIN, 2.0 / span, 0, lambda v: 1.0 / (1.0 + v))
+    return exp_lut, recip_lut
+
+
+INT16_RANGE = fp.INT16_MAX - fp.INT16_MIN
+
+
+def softmax_int16(x: np.ndarray, in_scale: float, beta: float) -> np.ndarray:
+    """``reference_ops::SoftmaxInt16`` along the last axis (output scale 2^-15, zero point 0)."""
+    exp_lut, recip_lut = _softmax_int16_tables()
+    # float(input scale) * float(beta) is a float product, divided in double.
+    mult, shift = quantize_multiplier(float(F32(in_scale) * F32(beta)) / (10.0 / 65535.0))
+    xi = x.astype(np.int64)
+    diff = xi - xi.max(axis=-1, keepdims=True)
+    scaled = multiply_by_quantized_multiplier(diff, mult, shift) + 32767
+    exps = fp.lut_lookup_int16(np.clip(scaled, fp.INT16_MIN, fp.INT16_MAX), exp_lut)
+    sum_of_exps = fp.wrap32(exps.sum(axis=-1, keepdims=True))
+    headroom_plus_one = fp.count_leading_zeros_u32(sum_of_exps)
+    shifted_sum = ((sum_of_exps << (headroom_plus_one - 1)) + (1 << 13)) >> 14
+    sym_shifted_sum = np.clip(shifted_sum - ((1 << 15) + (1 << 16)), fp.INT16_MIN, fp.INT16_MAX)
+    reciprocal = fp.lut_lookup_int16(sym_shifted_sum, recip_lut)
+    right_shift = 31 - headroom_plus_one
+    result = (exps * reciprocal + (np.int64(1) << (right_shift - 1))) >> right_shift
+    return np.clip(result, 0, fp.INT16_MAX)
+
+
 def _check_softmax_output(ctx: OpContext, in_dtype: DType, out_dtype: DType) -> None:
     """SoftmaxPrepare's checks: int8 → int8 needs scale 1/256 (±0.1 %) and zero point -128."""
     if in_dtype is DType.INT8 and out_dtype is DType.INT8:
         scale, zp = per_tensor_params(ctx.output_tensor(), "output")
         if zp != -128 or abs(scale - 1.0 / 256) > 0.001 / 256:
             raise ValueError(f"int8 SOFTMAX needs output scale 1/256 and zero point -128, got {scale}, {zp}")
-    allowed = {DType.INT8: (DType.INT8, DType.INT16), DType.UINT8: (DType.UINT8, DType.INT16)}
+    if in_dtype is DType.INT16:
+        scale, zp = per_tensor_params(ctx.output_tensor(), "output")
+        _, in_zp = per_tensor_params(ctx.input_tensor(0), "input")
+        if (in_zp, zp) != (0, 0) or abs(scale - 1.0 / 32768) > 0.001 / 32768:
+            raise ValueError(
+                f"int16 SOFTMAX needs zero points 0 and output scale 1/32768, got {in_zp}, {zp}, {scale}"
+            )
+    allowed = {DType.INT8: (DType.INT8, DType.INT16), DType.UINT8: (DType.UINT8, DType.INT16),
+               DType.INT16: (DType.INT16,)}
     if out_dtype not in allowed[in_dtype]:
         raise ValueError(f"SOFTMAX from {in_dtype.value} to {out_dtype.value} is not supported")
 
@@ -383,10 +421,14 @@ def softmax(ctx: OpContext) -> list[np.ndarray]:
         raise ValueError("SOFTMAX needs an input of at least one dimension")
     if inp.dtype is DType.FLOAT32 and out.dtype is DType.FLOAT32:
         return _finish(ctx, _softmax_f32(x, beta))
-    if inp.dtype not in _8BIT:
-        raise _unsupported(ctx, inp.dtype, "float32, int8, uint8 inputs")
+    if inp.dtype not in (*_8BIT, DType.INT16):
+        raise _unsupported(ctx, inp.dtype, "float32, int8, uint8, int16 inputs")
     _check_softmax_output(ctx, inp.dtype, out.dtype)
     in_scale, _ = per_tensor_params(inp, "input")
+    if inp.dtype is DType.INT16:
+        if x.ndim > 4:
+            raise ValueError("int16 SOFTMAX supports 1-D to 4-D tensors only")
+        return _finish(ctx, softmax_int16(x, in_scale, beta))
     return _finish(ctx, softmax_quantized(x, in_scale, beta, out.dtype))
 
 

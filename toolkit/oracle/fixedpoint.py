@@ -14,6 +14,7 @@ Also here: the scale preprocessing of ``quantization_util.cc`` that the softmax 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -224,3 +225,51 @@ def preprocess_softmax_scaling(beta: float, input_scale: float, input_integer_bi
             "softmax (its multiplier must exceed 1)"
         )
     return quantize_multiplier(real)
+
+
+# --- int16 interpolated lookup tables (int16 softmax) -----------------------------------------
+
+INT16_LUT_SIZE = 513
+
+
+def lut_populate_int16(
+    input_scale: float, input_zero_point: int, output_scale: float, output_zero_point: int,
+    transform: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """TFLite's ``LUTPopulate<int16_t>`` in double precision: 512 samples plus an end point over
+    the input domain of int16, each sample biased by half the interpolation error at its
+    midpoint so that :func:`lut_lookup_int16` interpolates with less error."""
+    qmin, qmax = INT16_MIN, INT16_MAX
+    input_min = input_scale * (qmin - input_zero_point)
+    input_max = input_scale * (qmax - input_zero_point)
+    output_min = output_scale * (qmin - output_zero_point)
+    output_max = output_scale * (qmax - output_zero_point)
+    steps = INT16_LUT_SIZE - 1
+    step = (input_max - input_min) / steps
+    half_step = step / 2
+    scaling_inv = float(qmax - qmin + 1) / (output_max - output_min)
+    i = np.arange(steps, dtype=np.float64)
+    val = transform(input_min + i * step)
+    val_mid = transform(input_min + i * step + half_step)
+    val_next = transform(input_min + (i + 1) * step)
+    sample = _round_away(val * scaling_inv)
+    mid_interp = _round_away((val_next * scaling_inv + sample) / 2)
+    bias = _round_away((mid_interp - _round_away(val_mid * scaling_inv)) / 2)
+    last = _round_away(transform(np.array([input_max])) * scaling_inv)
+    table = np.concatenate([sample - bias, last])
+    return np.clip(table, qmin, qmax).astype(np.int64)
+
+
+def _round_away(x: np.ndarray) -> np.ndarray:
+    """``std::round`` on doubles (half away from zero)."""
+    return np.copysign(np.floor(np.abs(x) + 0.5), x)
+
+
+def lut_lookup_int16(value: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """TFLite's ``LUTLookup`` for int16: linear interpolation between 512 entries (Q0.7 step)."""
+    value = _i64(value)
+    index = 256 + (value >> 7)
+    offset = value & 0x7F
+    base = lut[index]
+    slope = wrap16(lut[index + 1] - base)
+    return wrap16(base + ((slope * offset + 64) >> 7))
