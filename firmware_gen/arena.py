@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from toolkit.errors import BuildError
-from toolkit.model.ir import Graph
+from toolkit.model.ir import Graph, Op
 
 VIEW_OPS = frozenset({"RESHAPE", "SQUEEZE", "EXPAND_DIMS"})
 
@@ -139,18 +139,8 @@ def live_buffers(
         src = op.inputs[0] if op.inputs else -1
         for t in op.outputs:
             first[t] = op.index
-        if op.opcode in VIEW_OPS and src >= 0 and not graph.tensors[src].is_constant:
-            root[op.outputs[0]] = root.get(src, src)
-        elif (
-            op.index in in_place_ops
-            and src >= 0
-            and src in first
-            and last.get(root.get(src, src)) == op.index
-            and not _used_later(graph, src, op.index, root)
-            and src not in outputs
-            and src not in graph.inputs
-            and graph.tensors[src].nbytes == graph.tensors[op.outputs[0]].nbytes
-        ):
+        is_view = op.opcode in VIEW_OPS and src >= 0 and not graph.tensors[src].is_constant
+        if is_view or (op.index in in_place_ops and _can_overwrite(graph, op, root, first, last)):
             root[op.outputs[0]] = root.get(src, src)
     for t in outputs:
         last[root.get(t, t)] = end
@@ -167,6 +157,28 @@ def live_buffers(
         if nbytes > 0:
             buffers.append(Buffer(scratch_key(op_index), nbytes, op_index, op_index))
     return buffers
+
+
+def _can_overwrite(
+    graph: Graph, op: Op, root: Mapping[int, int], first: Mapping[int, int], last: Mapping[int, int]
+) -> bool:
+    """May ``op`` write its output over its first input's buffer?
+
+    Only if that buffer is an activation (not a constant, not a graph input), dies at this op
+    (no later op reads it or a view of it), holds no graph output (a view of the input may be
+    one) and has exactly the output's byte size.
+    """
+    src = op.inputs[0] if op.inputs else -1
+    if src < 0 or src not in first:
+        return False
+    r = root.get(src, src)
+    group = [t for t in first if root.get(t, t) == r]
+    return (
+        last.get(r) == op.index
+        and not _used_later(graph, src, op.index, root)
+        and not any(t in graph.outputs or t in graph.inputs for t in group)
+        and graph.tensors[src].nbytes == graph.tensors[op.outputs[0]].nbytes
+    )
 
 
 def _used_later(graph: Graph, tensor: int, step: int, root: Mapping[int, int]) -> bool:
