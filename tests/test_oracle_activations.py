@@ -271,8 +271,21 @@ def test_prelu(dtype: str, shapes: tuple[tuple[int, ...], tuple[int, ...]], rng:
         check_against_interpreter(b.build(), rng=rng)
 
 
+def test_prelu_refuses_per_channel_quantized_alpha() -> None:
+    """TFLite reads only the legacy per-tensor scale of alpha, which is 0 for a per-channel
+    tensor (every negative input then maps to the output zero point); the oracle refuses."""
+    b = GraphBuilder("PRELU_per_channel_alpha")
+    x = b.input((1, 2, 2, 3), "int8", qp(0.05))
+    alpha = b.const(np.array([-100, 50, 127], np.int8), QuantParams((0.01, 0.02, 0.03), (0, 0, 0), 0))
+    y = b.output((1, 2, 2, 3), "int8", qp(0.05))
+    b.op("PRELU", [x, alpha], [y])
+    with pytest.raises(OracleError, match="per channel"):
+        Oracle(b.build()).run([np.zeros((1, 2, 2, 3), np.int8)])
+
+
 def test_prelu_int16_is_refused_clearly() -> None:
-    """PrepareP computes no int16 multipliers in the C++; the oracle does not guess."""
+    """The installed TFLite's int16 PRELU does not follow the int8 formula; the oracle does not
+    guess."""
     b = GraphBuilder("PRELU_int16")
     x = b.input((4,), "int16", qp(0.01))
     alpha = b.const(np.full((1,), -5000, np.int16), qp(0.001))
