@@ -10,7 +10,8 @@ Paths (what ``OpResolverType.BUILTIN_REF`` runs):
   ``-input_zp``; each output channel has its own multiplier from ``double(in_scale) *
   double(filter_scale[c]) / double(out_scale)``.
 * uint8 input and filter (per-tensor): ``reference_ops::Conv`` / ``DepthwiseConv`` with a filter
-  offset ``-filter_zp``.
+  offset ``-filter_zp``; the multiplier is ``double(float(in_scale * filter_scale)) /
+  double(out_scale)`` (``GetQuantizedConvolutionMultipler``: the product is rounded to float32).
 
 Integer sums are computed exactly: every product of offset 8-bit values and every partial sum is
 an integer far below 2**53, so float64 BLAS matrix products are exact whatever their summation
@@ -102,10 +103,23 @@ class Requantizer:
         weight_scales: Sequence[float],
         output: Tensor,
         activation: Activation,
+        *,
+        float32_product: bool,
     ) -> Requantizer:
+        """Multipliers ``in_scale · w_scale / out_scale`` in double, as TFLite computes them.
+
+        TFLite has two formulas: the per-channel parameters (``PopulateConvolutionQuantization
+        Params``, FC per-channel) multiply the scales in double; the legacy per-tensor multiplier
+        (``GetQuantizedConvolutionMultipler``: uint8 conv, per-tensor FC) first multiplies
+        ``in_scale * w_scale`` in float32.  The last bit of the multiplier differs, and with it
+        an output now and then; ``float32_product`` selects the latter.
+        """
         out_scale, out_zp = per_tensor_params(output, "output")
-        # PopulateConvolutionQuantizationParams / GetQuantizedConvolutionMultipler: in double.
-        pairs = [quantize_multiplier(input_scale * float(s) / out_scale) for s in weight_scales]
+        if float32_product:
+            products = [float(np.float32(input_scale) * np.float32(s)) for s in weight_scales]
+        else:
+            products = [input_scale * float(s) for s in weight_scales]
+        pairs = [quantize_multiplier(p / out_scale) for p in products]
         lo, hi = activation_range_quantized(activation.value, out_scale, out_zp, output.dtype.numpy)
         return cls(
             np.array([m for m, _ in pairs], dtype=np.int64),
@@ -194,7 +208,9 @@ def _finish(ops: _Operands, acc: np.ndarray, activation: Activation, what: str,
         return activation_float(total, float_activation(activation, what))
     assert weight_scales is not None
     in_scale, _ = per_tensor_params(ops.x_t, "input")
-    req = Requantizer.create(in_scale, weight_scales, ops.out_t, activation)
+    # int8 runs the per-channel kernels (double products); uint8 the legacy per-tensor ones.
+    req = Requantizer.create(in_scale, weight_scales, ops.out_t, activation,
+                             float32_product=ops.kind == "uint8")
     return req.apply(add_bias(exact_int64(acc), ops.bias, channels))
 
 

@@ -5,12 +5,17 @@ The input is flattened to ``(batch, depth)`` with ``depth`` = the filter's secon
 dimensions followed by ``units`` with ``keep_num_dims``.  Paths:
 
 * float32: ``reference_ops::FullyConnected`` (computed in float64, rounded once).
-* int8 with a per-tensor filter: ``reference_integer_ops::FullyConnected``:
-  ``Σ (w − w_zp)(x − x_zp) + bias``, requantized with one multiplier
-  ``double(in_scale)·double(w_scale)/double(out_scale)``.
-* int8 with a per-channel filter (axis 0): ``reference_integer_ops::FullyConnectedPerChannel``:
-  ``Σ w (x − x_zp) + bias`` (no filter offset), one multiplier per output unit.
-* uint8 (per-tensor): ``reference_ops::FullyConnected`` with filter offset, as int8 per-tensor.
+* int8 / uint8 with a per-tensor filter: ``reference_integer_ops::FullyConnected`` /
+  ``reference_ops::FullyConnected``, the overloads that take the scales:
+  ``acc = Σ (w − w_zp)(x − x_zp) + bias`` in int32.
+* int8 with a per-channel filter (axis 0): ``reference_integer_ops::FullyConnectedPerChannel``
+  (scales overload): ``acc = Σ w (x − x_zp) + bias`` (no filter offset).
+
+Unlike the convolutions, LiteRT's reference FC does not requantize with a fixed-point
+multiplier: it computes ``(int32) round(double(acc) · double(in_scale) · double(w_scale[u]) /
+double(out_scale))`` (``std::round``: half away from zero), adds the output zero point and
+clamps to the fused activation's range.  (The fixed-point ``MultiplyByQuantizedMultiplier``
+differs from it in about one output in a thousand.)
 
 Exactness of the integer sums via float64 matrix products: see ``toolkit.oracle.conv``.
 """
@@ -21,14 +26,19 @@ import numpy as np
 
 from toolkit.model.ir import DType, FullyConnectedOptions
 from toolkit.oracle.conv import (
-    Requantizer,
     add_bias,
     exact_int64,
     filter_scales,
     float_activation,
     per_tensor_params,
 )
-from toolkit.oracle.quant import activation_float
+from toolkit.oracle.quant import (
+    INT32_MAX,
+    INT32_MIN,
+    activation_float,
+    activation_range_quantized,
+    wrap_int32,
+)
 from toolkit.oracle.registry import OpContext, register
 
 
@@ -75,19 +85,30 @@ def fully_connected(ctx: OpContext) -> list[np.ndarray]:
 def _quantized(ctx: OpContext, x2: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
                units: int) -> np.ndarray:
     x_t, w_t, out_t = ctx.input_tensor(0), ctx.input_tensor(1), ctx.output_tensor()
-    assert x_t is not None and w_t is not None
+    assert x_t is not None and w_t is not None and w_t.quant is not None
     opts = ctx.options
     assert isinstance(opts, FullyConnectedOptions)
     if bias is not None and bias.dtype != np.int32:
         raise ValueError(f"FULLY_CONNECTED: quantized bias must be int32, got {bias.dtype}")
     in_scale, in_zp = per_tensor_params(x_t, "input")
+    out_scale, out_zp = per_tensor_params(out_t, "output")
     scales, zps = filter_scales(w_t, units, 0)
     wf = w.astype(np.float64)
-    assert w_t.quant is not None
     if not w_t.quant.per_channel:
         wf = wf - zps[0]  # the per-tensor kernels apply a filter offset; per-channel ones do not
     elif w_t.dtype is DType.UINT8:
         raise ValueError("FULLY_CONNECTED: uint8 filters must be quantized per tensor")
-    acc = exact_int64((x2 - in_zp) @ wf.T)
-    req = Requantizer.create(in_scale, scales, out_t, opts.activation)
-    return req.apply(add_bias(acc, bias, units))
+    acc = wrap_int32(add_bias(exact_int64((x2 - in_zp) @ wf.T), bias, units))
+    effective = np.array([in_scale * float(s) / out_scale for s in scales], dtype=np.float64)
+    out = wrap_int32(round_to_int32(acc * effective) + out_zp)
+    lo, hi = activation_range_quantized(opts.activation.value, out_scale, out_zp, out_t.dtype.numpy)
+    return np.clip(out, lo, hi).astype(out_t.dtype.numpy)
+
+
+def round_to_int32(v: np.ndarray) -> np.ndarray:
+    """``static_cast<int32_t>(std::round(v))`` on x86-64: half away from zero; values outside
+    the int32 range (and NaN) become INT32_MIN, the "integer indefinite" of ``cvttsd2si``."""
+    t = np.trunc(v)
+    r = t + np.where(np.abs(v - t) >= 0.5, np.sign(v), 0.0)
+    ok = np.isfinite(r) & (r >= INT32_MIN) & (r <= INT32_MAX)
+    return np.where(ok, np.where(ok, r, 0.0).astype(np.int64), np.int64(INT32_MIN))
