@@ -89,7 +89,8 @@ def _finish(result: np.ndarray, out: Tensor) -> np.ndarray:
             f"computed {list(result.shape)} ({result.size} elements) but output {out.name} "
             f"is {list(out.shape)}"
         )
-    return np.ascontiguousarray(result.reshape(out.shape)).astype(out.dtype.numpy, copy=False)
+    # np.array, not np.ascontiguousarray: the latter turns a 0-d result into shape (1,).
+    return np.array(result.reshape(out.shape), dtype=out.dtype.numpy, order="C")
 
 
 def _binary_operands(ctx: OpContext) -> tuple[np.ndarray, np.ndarray, Tensor, Tensor, Tensor]:

@@ -43,7 +43,8 @@ def _finish(result: np.ndarray, out: Tensor) -> np.ndarray:
             f"computed {list(result.shape)} ({result.size} elements) but output {out.name} "
             f"is {list(out.shape)}"
         )
-    return np.ascontiguousarray(result.reshape(out.shape)).astype(out.dtype.numpy, copy=False)
+    # np.array, not np.ascontiguousarray: the latter turns a 0-d result into shape (1,).
+    return np.array(result.reshape(out.shape), dtype=out.dtype.numpy, order="C")
 
 
 def _int_list(ctx: OpContext, i: int, what: str) -> list[int]:
@@ -235,9 +236,13 @@ def _slice_out_shape(axes: list[_SliceAxis], end: list[int], offset: bool) -> tu
         if a.shrink:
             continue
         if offset:
-            # TFLite reads the raw end operand at the *effective* axis index here.
+            # TFLite reads the raw end operand at the *effective* axis index here, past the end of
+            # the operand when the spec is shorter than the input (an out-of-bounds read).
             if idx >= len(end):
-                raise ValueError("STRIDED_SLICE with offset=True and added axes is not supported")
+                raise ValueError(
+                    "STRIDED_SLICE with offset=True needs begin/end/strides for every input axis "
+                    "(TFLite reads past the end operand otherwise)"
+                )
             span = end[idx]
         else:
             start = _slice_start(a)
@@ -257,8 +262,6 @@ def strided_slice(ctx: OpContext) -> list[np.ndarray]:
     if any(s == 0 for s in strides):
         raise ValueError("STRIDED_SLICE: stride values have to be non-zero")
     axes = _effective_axes(tuple(x.shape), begin, end, strides, o)
-    if len(axes) > 5:
-        raise ValueError("STRIDED_SLICE supports up to 5 dimensions including added axes")
     shape = _slice_out_shape(axes, end, o.offset)
     if shape != out.shape:
         raise ValueError(f"STRIDED_SLICE gives {list(shape)} but output {out.name} is {list(out.shape)}")
@@ -270,8 +273,9 @@ def strided_slice(ctx: OpContext) -> list[np.ndarray]:
     res = eff[np.ix_(*ranges)] if ranges else eff
     if res.size != out.num_elements:
         raise ValueError(
-            f"STRIDED_SLICE with offset=True selects {res.size} elements but its output has "
-            f"{out.num_elements}: TFLite leaves the rest uninitialised"
+            f"STRIDED_SLICE selects {res.size} elements but its output shape has "
+            f"{out.num_elements} (a shrunk index or an offset slice out of range): TFLite leaves the "
+            "rest uninitialised"
         )
     return [_finish(res, out)]
 
