@@ -223,6 +223,15 @@ def test_rsqrt_int8_every_value(trial: int, rng: np.random.Generator) -> None:
     check_against_interpreter(graph, inputs=[x])
 
 
+@pytest.mark.parametrize("trial", range(6))
+def test_rsqrt_int16_every_value(trial: int, rng: np.random.Generator) -> None:
+    """All 32768 non-negative int16 inputs through TFLite's interpolated 513-entry table (built in
+    float32), symmetric scales over 1e-5 … 1e-1."""
+    qi, qo = rand_qp(rng, "int16", -5, -1), rand_qp(rng, "int16", -5, -1)
+    x = np.arange(0, 32768, dtype=np.int16).reshape(128, 256)
+    check_against_interpreter(unary_graph("RSQRT", "int16", (128, 256), qi, qo), inputs=[x])
+
+
 def test_rsqrt_below_zero_point_fails_in_both() -> None:
     qi, qo = QuantParams((0.05,), (-10,)), QuantParams((0.02,), (-128,))
     graph = unary_graph("RSQRT", "int8", (4,), qi, qo)

@@ -15,18 +15,21 @@ Contracts (bit-exact with TFLite's reference kernels for integer types, IEEE flo
 * MAXIMUM/MINIMUM compare raw values: TFLite neither checks nor rescales quantization here (the
   converter gives inputs and output one scale), so neither does the oracle.
 * RSQRT int8 reproduces ``elementwise.cc``'s fixed-point Newton-Raphson inverse square root
-  (``GetInvSqrtQuantizedMultiplierExp``) value by value; SQRT int8 dequantizes, takes a float32
-  square root and truncates, as that kernel does.
+  (``GetInvSqrtQuantizedMultiplierExp``) value by value; RSQRT int16 uses TFLite's interpolated
+  513-entry table built in float32.  SQRT int8/int16 dequantizes, takes a float32 square root
+  and truncates, as that kernel does.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from toolkit.model.ir import ActivationOptions, DType, Tensor
+from toolkit.oracle import fixedpoint as fp
 from toolkit.oracle import quant
 from toolkit.oracle.registry import OpContext, register
 
@@ -364,14 +367,70 @@ def rsqrt_int8_table(in_scale: float, in_zp: int, out_scale: float, out_zp: int)
     return table
 
 
+def _round_away_f32(v: np.ndarray) -> np.ndarray:
+    """``roundf``: half away from zero, exact on float32 (``v - trunc(v)`` is exact)."""
+    whole = np.trunc(v)
+    return (whole + np.sign(v) * (np.abs(v - whole) >= np.float32(0.5))).astype(np.float32)
+
+
+def lut_populate_int16_f32(
+    in_scale: float, in_zp: int, out_scale: float, out_zp: int,
+    transform: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """TFLite's ``LUTPopulateInt16<float>`` (the instantiation ``LUTPopulate<int16_t>`` uses for
+    kernels whose transform is ``float(float, const void*)``, e.g. RSQRT): 512 biased samples plus
+    an end point, every operation in float32 in the reference code's order.  The double-precision
+    twin used by SOFTMAX is ``fixedpoint.lut_populate_int16``."""
+    f = np.float32
+    qmin, qmax = fp.INT16_MIN, fp.INT16_MAX
+    input_min = f(in_scale) * f(qmin - in_zp)
+    input_max = f(in_scale) * f(qmax - in_zp)
+    output_min = f(out_scale) * f(qmin - out_zp)
+    output_max = f(out_scale) * f(qmax - out_zp)
+    steps = 512
+    step = (input_max - input_min) / f(steps)
+    half_step = step / f(2)
+    scaling_inv = f(qmax - qmin + 1) / (output_max - output_min)
+    i = np.arange(steps, dtype=np.float32)
+    val = transform(input_min + i * step)
+    val_mid = transform(input_min + i * step + half_step)
+    val_next = transform(input_min + (i + f(1)) * step)
+    sample = _round_away_f32(val * scaling_inv)
+    mid_interp = _round_away_f32((val_next * scaling_inv + sample) / f(2))
+    bias = _round_away_f32((mid_interp - _round_away_f32(val_mid * scaling_inv)) / f(2))
+    last = _round_away_f32(transform(np.array([input_max], np.float32)) * scaling_inv)
+    table = np.concatenate([sample - bias, last])
+    return np.clip(table, qmin, qmax).astype(np.int64)
+
+
+def _rsqrt_int16(x: np.ndarray, t: Tensor, out: Tensor) -> np.ndarray:
+    s_in, z_in = _per_tensor(t, "input")
+    s_out, z_out = _per_tensor(out, "output")
+    if (z_in, z_out) != (0, 0):
+        raise ValueError("int16 RSQRT needs zero points 0 (symmetric 16x8 quantization)")
+    if np.any(x < z_in):
+        raise ValueError("RSQRT input below its zero point (a negative real value): TFLite fails")
+    saturated = np.float32(fp.INT16_MAX) * np.float32(s_out)  # the kernel's value for x ≤ 0
+
+    def transform(v: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.float32(1.0) / np.sqrt(v, dtype=np.float32)
+        return np.where(v <= 0, saturated, r).astype(np.float32)
+
+    table = lut_populate_int16_f32(s_in, z_in, s_out, z_out, transform)
+    return fp.lut_lookup_int16(x, table)
+
+
 @register("RSQRT")
 def rsqrt(ctx: OpContext) -> list[np.ndarray]:
     x, t, out = _unary_operand(ctx)
     if out.dtype is DType.FLOAT32:
         with np.errstate(divide="ignore", invalid="ignore"):
             return [_finish(np.float32(1.0) / np.sqrt(x.astype(np.float32)), out)]
+    if out.dtype is DType.INT16:
+        return [_finish(_rsqrt_int16(x, t, out), out)]
     if out.dtype is not DType.INT8:
-        raise ValueError(f"RSQRT supports float32 and int8, not {out.dtype.value}")
+        raise ValueError(f"RSQRT supports float32, int8 and int16, not {out.dtype.value}")
     s_in, z_in = _per_tensor(t, "input")
     s_out, z_out = _per_tensor(out, "output")
     table = rsqrt_int8_table(s_in, z_in, s_out, z_out)
