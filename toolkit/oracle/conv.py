@@ -256,17 +256,28 @@ def conv_2d(ctx: OpContext) -> list[np.ndarray]:
     return [_finish(ops, acc, opts.activation, "CONV_2D", scales)]
 
 
+# Upper bound on the im2col buffer of one chunk (float64 elements): keeps a conv over a whole
+# calibration batch from allocating gigabytes; chunks are whole images.
+_IM2COL_CHUNK_ELEMENTS = 1 << 23
+
+
 def _conv_sums(xp: np.ndarray, win: Window2D, w: np.ndarray, groups: int) -> np.ndarray:
-    """im2col + one (batched over groups) matrix product; returns (N, OH, OW, O) float64."""
+    """im2col + one matrix product per group; returns (N, OH, OW, O) float64 sums."""
     n = xp.shape[0]
     o, fh, fw, fc = w.shape
-    taps = fh * fw
-    rows = n * win.out_h * win.out_w
-    cols = np.stack(win.taps(xp), axis=3)  # N, OH, OW, taps, C
-    cols = cols.reshape(rows, taps, groups, fc).transpose(2, 0, 1, 3).reshape(groups, rows, taps * fc)
-    wg = w.reshape(groups, o // groups, taps * fc).transpose(0, 2, 1)  # G, K, O/G
-    acc = np.matmul(cols, wg)  # G, rows, O/G
-    return acc.transpose(1, 0, 2).reshape(n, win.out_h, win.out_w, o)
+    k = fh * fw * fc
+    wg = w.reshape(groups, o // groups, k).transpose(0, 2, 1)  # G, K, O/G
+    per_image = win.out_h * win.out_w * k * groups
+    step = max(1, _IM2COL_CHUNK_ELEMENTS // max(per_image, 1))
+    out = np.empty((n, win.out_h, win.out_w, o), dtype=np.float64)
+    for start in range(0, n, step):
+        chunk = xp[start : start + step]
+        rows = chunk.shape[0] * win.out_h * win.out_w
+        cols = np.stack(win.taps(chunk), axis=3)  # n, OH, OW, taps, C
+        cols = cols.reshape(rows, fh * fw, groups, fc).transpose(2, 0, 1, 3).reshape(groups, rows, k)
+        acc = np.matmul(cols, wg)  # G, rows, O/G
+        out[start : start + chunk.shape[0]] = acc.transpose(1, 0, 2).reshape(-1, win.out_h, win.out_w, o)
+    return out
 
 
 @register("DEPTHWISE_CONV_2D")
