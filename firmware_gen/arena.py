@@ -5,9 +5,9 @@ writes it (graph inputs: step -1) to the last step that reads it (graph outputs:
 Tensors that share bytes form one *buffer*:
 
 * views (RESHAPE, SQUEEZE, EXPAND_DIMS) always alias their input: neither is written again;
-* an op whose kernel may run in place (element-wise, activations) writes over its first input
-  when that input dies at this op, has the same byte size and is not a graph input or output
-  of another buffer that must survive.
+* an op whose kernel may run in place (element-wise, activations) writes over an input it
+  names when that input dies at this op, has the same byte size and neither it nor a view of it
+  is a graph input or output.
 
 Per-op scratch (im2col, decode buffers) is a buffer live for that one step.  Two buffers whose
 live ranges intersect never overlap in memory; ``check_plan`` proves it for any plan.  Variables
@@ -24,6 +24,10 @@ from toolkit.errors import BuildError
 from toolkit.model.ir import Graph, Op
 
 VIEW_OPS = frozenset({"RESHAPE", "SQUEEZE", "EXPAND_DIMS"})
+
+# Which ops may write their output over an input: op indices (over the first input) or op index →
+# candidate input tensors in order of preference.
+InPlace = Iterable[int] | Mapping[int, Sequence[int]]
 
 
 @dataclass(frozen=True)
@@ -119,31 +123,15 @@ def scratch_key(op_index: int) -> str:
 def live_buffers(
     graph: Graph,
     scratch: Mapping[int, int] | None = None,
-    in_place: Iterable[int] = (),
+    in_place: InPlace = (),
 ) -> list[Buffer]:
     """Group tensors into buffers and compute their live ranges.
 
-    ``scratch`` maps op index → scratch bytes; ``in_place`` names the ops whose kernels accept
-    output == first input.
+    ``scratch`` maps op index → scratch bytes.  ``in_place`` says which ops' kernels accept
+    output == input: a sequence of op indices (the first input) or a mapping op index → the
+    input tensors the output may share (``KernelCall.in_place``), tried in order.
     """
-    in_place_ops = set(in_place)
-    end = len(graph.ops)
-    root: dict[int, int] = {}
-    first: dict[int, int] = {i: -1 for i in graph.inputs}
-    last: dict[int, int] = {}
-    outputs = set(graph.outputs)
-    for op in graph.ops:
-        for t in op.inputs:
-            if t >= 0 and not graph.tensors[t].is_constant:
-                last[root.get(t, t)] = op.index
-        src = op.inputs[0] if op.inputs else -1
-        for t in op.outputs:
-            first[t] = op.index
-        is_view = op.opcode in VIEW_OPS and src >= 0 and not graph.tensors[src].is_constant
-        if is_view or (op.index in in_place_ops and _can_overwrite(graph, op, root, first, last)):
-            root[op.outputs[0]] = root.get(src, src)
-    for t in outputs:
-        last[root.get(t, t)] = end
+    root, first, last = _alias_roots(graph, _in_place_candidates(graph, in_place))
     groups: dict[int, list[int]] = {}
     for t in first:
         groups.setdefault(root.get(t, t), []).append(t)
@@ -159,17 +147,55 @@ def live_buffers(
     return buffers
 
 
-def _can_overwrite(
-    graph: Graph, op: Op, root: Mapping[int, int], first: Mapping[int, int], last: Mapping[int, int]
-) -> bool:
-    """May ``op`` write its output over its first input's buffer?
+def _alias_roots(
+    graph: Graph, candidates: Mapping[int, tuple[int, ...]]
+) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+    """(tensor → the tensor whose bytes it shares, first step of each tensor, last step of each
+    buffer root) in one pass over the ops."""
+    end = len(graph.ops)
+    root: dict[int, int] = {}
+    first: dict[int, int] = {i: -1 for i in graph.inputs}
+    last: dict[int, int] = {}
+    for op in graph.ops:
+        for t in op.inputs:
+            if t >= 0 and not graph.tensors[t].is_constant:
+                last[root.get(t, t)] = op.index
+        src = op.inputs[0] if op.inputs else -1
+        for t in op.outputs:
+            first[t] = op.index
+        if op.opcode in VIEW_OPS and src >= 0 and not graph.tensors[src].is_constant:
+            root[op.outputs[0]] = root.get(src, src)
+            continue
+        for cand in candidates.get(op.index, ()):
+            if _can_overwrite(graph, op, cand, root, first, last):
+                root[op.outputs[0]] = root.get(cand, cand)
+                break
+    for t in graph.outputs:
+        last[root.get(t, t)] = end
+    return root, first, last
 
-    Only if that buffer is an activation (not a constant, not a graph input), dies at this op
-    (no later op reads it or a view of it), holds no graph output (a view of the input may be
-    one) and has exactly the output's byte size.
+
+def _in_place_candidates(graph: Graph, in_place: InPlace) -> dict[int, tuple[int, ...]]:
+    if isinstance(in_place, Mapping):
+        return {int(k): tuple(int(t) for t in v) for k, v in in_place.items()}
+    return {i: graph.ops[i].inputs[:1] for i in in_place if graph.ops[i].inputs}
+
+
+def _can_overwrite(
+    graph: Graph,
+    op: Op,
+    src: int,
+    root: Mapping[int, int],
+    first: Mapping[int, int],
+    last: Mapping[int, int],
+) -> bool:
+    """May ``op`` write its (single) output over input ``src``'s buffer?
+
+    Only if ``src`` is an input of the op and its buffer is an activation (not a constant, not a
+    graph input), dies at this op (no later op reads it or a view of it), holds no graph output
+    (a view of the input may be one) and has exactly the output's byte size.
     """
-    src = op.inputs[0] if op.inputs else -1
-    if src < 0 or src not in first:
+    if src < 0 or src not in first or src not in op.inputs or len(op.outputs) != 1:
         return False
     r = root.get(src, src)
     group = [t for t in first if root.get(t, t) == r]
@@ -193,7 +219,7 @@ def plan_arena(
     graph: Graph,
     *,
     scratch: Mapping[int, int] | None = None,
-    in_place: Iterable[int] = (),
+    in_place: InPlace = (),
     strategy: str = "greedy",
     alignment: int = 8,
 ) -> ArenaPlan:

@@ -78,7 +78,7 @@ def simulate(graph: Graph, plan: ArenaPlan, scratch: dict[int, int], seed: int =
 # Random graphs: only structure matters to the planner (sizes, producers, consumers, opcodes).
 
 
-def random_graph(rng: np.random.Generator) -> tuple[Graph, dict[int, int], list[int]]:
+def random_graph(rng: np.random.Generator) -> tuple[Graph, dict[int, int], dict[int, list[int]]]:
     tensors: list[Tensor] = []
     ops: list[Op] = []
 
@@ -90,7 +90,7 @@ def random_graph(rng: np.random.Generator) -> tuple[Graph, dict[int, int], list[
 
     inputs = [new(int(rng.integers(1, 300))) for _ in range(int(rng.integers(1, 3)))]
     live = list(inputs)
-    in_place: list[int] = []
+    in_place: dict[int, list[int]] = {}
     scratch: dict[int, int] = {}
     for k in range(int(rng.integers(1, 25))):
         kind = rng.choice(["unary", "binary", "view", "concat", "split", "weights"])
@@ -115,7 +115,7 @@ def random_graph(rng: np.random.Generator) -> tuple[Graph, dict[int, int], list[
             ins, outs, opcode = [a, w, -1], [new(int(rng.integers(1, 300)))], "CONV_2D"
         ops.append(Op(k, str(opcode), tuple(ins), tuple(outs)))
         if opcode in ("RELU", "ADD") and rng.random() < 0.7:
-            in_place.append(k)
+            in_place[k] = [int(t) for t in rng.permutation(ins)]  # any input, in random preference
         if rng.random() < 0.3:
             scratch[k] = int(rng.integers(1, 100))
         live.extend(outs)
@@ -163,6 +163,17 @@ def test_alias_of_graph_output_is_not_overwritten_in_place() -> None:
     plan = plan_arena(graph, in_place=[0, 2])
     simulate(graph, plan, {})
     assert plan.tensor_offset(3) != plan.tensor_offset(2)
+
+
+def test_in_place_over_the_second_input() -> None:
+    """ADD(a, b) may write over b when b dies there and a lives on."""
+    t = [Tensor(i, f"t{i}", (32,), DType.INT8) for i in range(4)]
+    ops = (Op(0, "RELU", (0,), (1,)), Op(1, "ADD", (0, 1), (2,)), Op(2, "ADD", (2, 0), (3,)))
+    graph = Graph("second", tuple(t), ops, (0,), (3,))
+    plan = plan_arena(graph, in_place={1: [0, 1], 2: [2, 0]})
+    assert plan.tensor_offset(2) == plan.tensor_offset(1)  # not over the graph input 0
+    assert plan.tensor_offset(3) == plan.tensor_offset(2)
+    simulate(graph, plan, {})
 
 
 def test_in_place_and_views_share_bytes() -> None:
