@@ -17,6 +17,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev gcc libc6-dev make
   gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm qemu-user
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+  gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc
 )
 
 log() { printf '\033[1m[boardfit]\033[0m %s\n' "$*" >&2; }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from toolkit import jsonout, tables
 from toolkit.errors import BoardfitError
@@ -28,8 +30,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+# Tables are wide: outside a terminal (pipes, CI logs) use 120 columns, not rich's 80.
+_WIDTH = shutil.get_terminal_size((120, 40)).columns
+out = Console(emoji=False, width=_WIDTH)
+err = Console(stderr=True, emoji=False, highlight=False, width=_WIDTH)
 
 T = TypeVar("T")
 
@@ -42,10 +46,10 @@ def _guarded(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except BoardfitError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     except OSError as exc:
-        err.print(f"[bold red]error:[/] {exc.strerror or exc}: {exc.filename or ''}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc.strerror or exc))}: {escape(str(exc.filename or ''))}")
         raise typer.Exit(2) from None
 
 

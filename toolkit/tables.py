@@ -20,6 +20,8 @@ def _shape(shape: Sequence[int]) -> str:
 
 
 def kib(n: int) -> str:
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):,.1f} MiB"
     return f"{n / 1024:,.1f} KiB" if n >= 1024 else f"{n} B"
 
 
@@ -31,7 +33,7 @@ def boards_table(boards: Sequence[Board]) -> Table:
         t.add_row(
             b.id,
             b.core,
-            f"{b.clock_hz / 1e6:g} MHz",
+            f"{b.clock_hz / 1e6:g} MHz" if b.clock_hz else "host",
             kib(b.flash_budget),
             kib(b.ram_budget),
             " ".join(b.features),
