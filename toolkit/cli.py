@@ -49,7 +49,8 @@ def _guarded(fn: Callable[[], T]) -> T:
         err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     except OSError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc.strerror or exc))}: {escape(str(exc.filename or ''))}")
+        what = escape(str(exc.strerror or exc))
+        err.print(f"[bold red]error:[/] {what}: {escape(str(exc.filename or ''))}")
         raise typer.Exit(2) from None
 
 

@@ -81,7 +81,9 @@ def _cmp_row(t: Table, label: str, c: TensorComparison) -> None:
     exact = c.dtype not in ("float32", "float16")
     verdict = ("bit-exact" if c.bit_exact else "[red]differs[/]") if exact else (
         "within tolerance" if c.ok else "[red]out of tolerance[/]")
-    t.add_row(label, c.name, c.dtype, f"{c.elements:,}", f"{c.mismatched:,}", f"{c.max_abs_diff:.3g}", verdict)
+    t.add_row(
+        label, c.name, c.dtype, f"{c.elements:,}", f"{c.mismatched:,}", f"{c.max_abs_diff:.3g}", verdict
+    )
 
 
 def print_verify(console: Console, r: VerifyReport, path: Path) -> None:

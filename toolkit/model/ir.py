@@ -23,7 +23,6 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 
@@ -247,24 +246,24 @@ class VariableOptions:
     variable: int
 
 
-OpOptions = Union[
-    NoOptions,
-    Conv2DOptions,
-    DepthwiseConv2DOptions,
-    FullyConnectedOptions,
-    Pool2DOptions,
-    ActivationOptions,
-    ConcatenationOptions,
-    ReshapeOptions,
-    SqueezeOptions,
-    StridedSliceOptions,
-    SplitOptions,
-    ReducerOptions,
-    SoftmaxOptions,
-    LeakyReluOptions,
-    PackOptions,
-    VariableOptions,
-]
+OpOptions = (
+    NoOptions
+    | Conv2DOptions
+    | DepthwiseConv2DOptions
+    | FullyConnectedOptions
+    | Pool2DOptions
+    | ActivationOptions
+    | ConcatenationOptions
+    | ReshapeOptions
+    | SqueezeOptions
+    | StridedSliceOptions
+    | SplitOptions
+    | ReducerOptions
+    | SoftmaxOptions
+    | LeakyReluOptions
+    | PackOptions
+    | VariableOptions
+)
 
 
 # The operators boardfit reads, executes and generates code for (TFLite builtin names).
