@@ -211,6 +211,8 @@ class _Folder:
         if len(op.inputs) > 1 and op.inputs[1] >= 0:
             shape = self.values.get(op.inputs[1])
             if shape is not None and shape.ndim == 1:
+                if shape.dtype.kind not in "iu":
+                    raise FoldError(f"the shape operand must be an integer vector, is {shape.dtype}")
                 return tuple(int(d) for d in shape.tolist())
         if isinstance(op.options, ReshapeOptions) and op.options.new_shape:
             return op.options.new_shape
