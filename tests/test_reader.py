@@ -1102,3 +1102,32 @@ def test_constant_of_every_dtype(dtype: str) -> None:
     assert t.data is not None and t.data.dtype == np.dtype(dtype)
     assert t.dtype is DType(dtype) and t.shape == (3, 4)
     np.testing.assert_array_equal(t.data, values)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_supported_ops_on_constants_are_folded_like_tflite(dtype: str) -> None:
+    """ADD of two constants is evaluated at import (by the oracle's kernel) to TFLite's values."""
+    pytest.importorskip("toolkit.oracle.kernels")
+    rng = np.random.default_rng(3)
+    q: dict[str, dict[str, Any]] = {
+        "a": {"scale": [0.05], "zero_point": [3]},
+        "b": {"scale": [0.02], "zero_point": [-5]},
+        "y": {"scale": [0.07], "zero_point": [1]},
+    }
+    if dtype == "float32":
+        q = {k: {} for k in q}
+        a_val, b_val = rng.standard_normal((2, 3)), rng.standard_normal(3)
+    else:
+        a_val, b_val = rng.integers(-128, 128, (2, 3)), rng.integers(-128, 128, 3)
+    mb = ModelBuilder()
+    x = mb.tensor([1], dtype, **q["a"])  # an unused input: the model computes a constant
+    a = mb.const(a_val, dtype, **q["a"])
+    b = mb.const(b_val, dtype, **q["b"])
+    y = mb.tensor([2, 3], dtype, name="sum", **q["y"])
+    mb.op("ADD", [a, b], [y], opts("AddOptions"))
+    mb.io([x], [y])
+    data = mb.build()
+    g = read_tflite(data)
+    assert g.ops == ()
+    (expected,) = run_interpreter(data, [np.zeros(1, np.dtype(dtype))])
+    np.testing.assert_array_equal(const(g, y), expected)
