@@ -452,7 +452,8 @@ void bf_prelu_f32(const bf_prelu_f32_params *params, const float *input, const f
 
 /* float32 -> int8/uint8 (reference_ops::AffineQuantize):
  * q = clamp((int32)roundf(x / scale) + zero_point, type range), the division in float32,
- * roundf rounding half away from zero.  |x / scale| beyond the int32 range saturates. */
+ * roundf rounding half away from zero.  A quotient outside the int32 range (or NaN) converts to
+ * INT32_MIN before the zero point is added with wrap-around, as TFLite does on x86. */
 typedef struct {
     int32_t count;
     float scale;               /* > 0, the output tensor's float32 scale */

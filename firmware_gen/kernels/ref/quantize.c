@@ -9,21 +9,13 @@
 #include "bf_fixedpoint.h"
 #include "bf_ref_util.h"
 
-/* (int32)roundf(x / scale) + zero_point, saturated to the int32 range before the conversion
- * (TFLite's conversion of an out-of-range float is undefined; any such value clamps to the
- * 8-bit range in the end anyway, except NaN which maps to the zero point here). */
+/* (int32)roundf(x / scale) + zero_point with the int32 conversion x86 performs (cvttss2si):
+ * a quotient outside the int32 range, an infinity or NaN becomes INT32_MIN; the zero point is
+ * then added with wrap-around.  This is what the TFLite interpreter we are checked against
+ * computes (the C++ conversion is undefined there). */
 static int32_t quantize_one(const bf_quantize_params *p, float x) {
     const float r = roundf(x / p->scale);
-    int32_t q;
-    if (r >= 2147483648.0f) {
-        q = BF_INT32_MAX;
-    } else if (r <= -2147483648.0f) {
-        q = BF_INT32_MIN;
-    } else if (r == r) {
-        q = (int32_t)r;
-    } else {
-        q = 0;
-    }
+    const int32_t q = (r >= -2147483648.0f && r < 2147483648.0f) ? (int32_t)r : BF_INT32_MIN;
     return bf_wrap_add(q, p->zero_point);
 }
 
