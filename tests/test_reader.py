@@ -12,6 +12,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import flatbuffers
@@ -187,10 +188,14 @@ def const(g: Graph, index: int) -> np.ndarray:
     return data
 
 
-def interpreter(data: bytes) -> Any:
+def interpreter(data: bytes, preserve_all_tensors: bool = False) -> Any:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    it = Interpreter(model_content=data, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    it = Interpreter(
+        model_content=data,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
+        experimental_preserve_all_tensors=preserve_all_tensors,
+    )
     it.allocate_tensors()
     return it
 
@@ -1131,3 +1136,53 @@ def test_supported_ops_on_constants_are_folded_like_tflite(dtype: str) -> None:
     assert g.ops == ()
     (expected,) = run_interpreter(data, [np.zeros(1, np.dtype(dtype))])
     np.testing.assert_array_equal(const(g, y), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor for tensor against the interpreter, on the example models (real converter output).
+
+_EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples" / "models").glob("*.tflite"))
+
+
+def _built_models() -> list[tuple[str, bytes]]:
+    return [
+        ("small_int8", small_model()),
+        ("keras_flatten", keras_flatten_model()[0]),
+        ("streaming", streaming_model(init_other=True)[0]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [*_built_models(), *((p.name, p.read_bytes()) for p in _EXAMPLES)],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_tensors_agree_with_the_interpreter(name: str, data: bytes) -> None:
+    """Every subgraph-0 tensor: same index, name, dtype, shape, quantization and constant data
+    (also of tensors the reader folded) as the TFLite interpreter reports; graph inputs/outputs
+    are the interpreter's."""
+    g = read_tflite(data, name=name)
+    it = interpreter(data, preserve_all_tensors=True)
+    for d in it.get_input_details():  # run once so that the tensors the reader folded are computed
+        it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+    it.invoke()
+    assert [d["index"] for d in it.get_input_details()] == list(g.inputs)
+    assert [d["index"] for d in it.get_output_details()] == list(g.outputs)
+    details = it.get_tensor_details()
+    assert len(details) == len(g.tensors)
+    for d in details:
+        t = g.tensors[d["index"]]
+        assert t.name == d["name"]
+        if t.dtype is not DType.RESOURCE:
+            assert t.dtype.numpy == np.dtype(d["dtype"]), t.name
+            assert t.shape == tuple(int(v) for v in d["shape"]), t.name
+        qp = d["quantization_parameters"]
+        if t.quant is None:
+            assert qp["scales"].size == 0, t.name
+        else:
+            np.testing.assert_array_equal(np.float32(t.quant.scale), qp["scales"], err_msg=t.name)
+            assert list(t.quant.zero_point) == qp["zero_points"].tolist(), t.name
+            assert t.quant.axis == qp["quantized_dimension"], t.name
+        if t.data is not None and t.dtype is not DType.RESOURCE:
+            np.testing.assert_array_equal(t.data, it.get_tensor(d["index"]), err_msg=t.name)
+    assert all(op.opcode in SUPPORTED_OPS for op in g.ops)
