@@ -170,8 +170,9 @@ def lower_op(graph: Graph, op: Op, variant: str = "ref") -> KernelCall:
     ctx = _Ctx(graph, op)
     try:
         call = lowering(ctx)
-    except (ValueError, OracleError) as exc:
-        raise ctx.unsupported(str(exc)) from exc
+    except (ValueError, IndexError, OracleError) as exc:
+        # IndexError: an operand of the wrong rank (e.g. a 3-D conv input).
+        raise ctx.unsupported(str(exc) or type(exc).__name__) from exc
     rules = SCRATCH_RULES.get(variant)
     if rules is None:
         raise ValueError(f"unknown kernel variant {variant!r}; known: {', '.join(SCRATCH_RULES)}")

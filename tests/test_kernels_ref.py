@@ -35,7 +35,7 @@ from opgen import (
 )
 
 from firmware_gen.lower import STATE_OPS, SUPPORTED_KERNEL_OPS, KernelCall, lower_op
-from toolkit.errors import UnsupportedOp
+from toolkit.errors import InterpreterError, UnsupportedOp
 from toolkit.model.ir import (
     SUPPORTED_OPS,
     Activation,
@@ -96,14 +96,14 @@ def _q(rng: np.random.Generator, dtype: str, lo: float = -2.0, hi: float = 2.0) 
 def _conv(x_shape: tuple[int, ...], oc: int, k: tuple[int, int], stride: tuple[int, int] = (1, 1),
           dil: tuple[int, int] = (1, 1), padding: Padding = Padding.SAME, dtype: str = I8,
           act: Activation = Activation.NONE, groups: int = 1, per_channel: bool = True,
-          bias: bool = True) -> Builder:
+          bias: bool = True, extreme: bool = False) -> Builder:
     def build(rng: np.random.Generator) -> Graph:
         n, h, w, c = x_shape
         oh = out_size(padding, h, k[0], stride[0], dil[0])
         ow = out_size(padding, w, k[1], stride[1], dil[1])
         b = GraphBuilder("conv")
         x = b.input(x_shape, dtype, quant=_q(rng, dtype))
-        wq = (rand_per_channel(rng, oc) if per_channel else
+        wq = (rand_per_channel(rng, oc, extreme=extreme) if per_channel else
               QuantParams((float(np.float32(0.02)),), (0,))) if dtype == I8 else None
         wt = b.const(rand_weights(rng, (oc, *k, c // groups), dtype=dtype), quant=wq)
         bt = -1
@@ -144,7 +144,7 @@ def _depthwise(x_shape: tuple[int, ...], mult: int, k: tuple[int, int], stride: 
 
 def _fc(x_shape: tuple[int, ...], units: int, dtype: str = I8, per_channel: bool = True,
         keep_num_dims: bool = False, bias: bool = True, act: Activation = Activation.NONE,
-        filter_zp: int = 0) -> Builder:
+        filter_zp: int = 0, out_kind: str | None = None) -> Builder:
     def build(rng: np.random.Generator) -> Graph:
         depth = x_shape[-1]
         b = GraphBuilder("fc")
@@ -163,7 +163,8 @@ def _fc(x_shape: tuple[int, ...], units: int, dtype: str = I8, per_channel: bool
                   else b.const(rand_bias(rng, units, dtype=F32)))
         batch = int(np.prod(x_shape)) // depth
         out_shape = (*x_shape[:-1], units) if keep_num_dims else (batch, units)
-        y = b.output(out_shape, dtype, quant=_q(rng, dtype, -8, 8))
+        qo = extreme_quant(rng, kind=out_kind) if out_kind else _q(rng, dtype, -8, 8)
+        y = b.output(out_shape, dtype, quant=qo)
         b.op("FULLY_CONNECTED", [x, wt, bt], [y], FullyConnectedOptions(act, keep_num_dims))
         return b.build()
     return build
@@ -347,6 +348,7 @@ def _cases() -> list[Case]:
           Case("conv_s8_5x5_s2_per_tensor", "CONV_2D", _conv((1, 13, 12, 2), 6, (5, 5), (2, 2),
                                                              per_channel=False)),
           Case("conv_s8_grouped", "CONV_2D", _conv((1, 6, 5, 6), 4, (3, 3), groups=2)),
+          Case("conv_s8_extreme_channel_scales", "CONV_2D", _conv((1, 6, 7, 3), 9, (3, 3), extreme=True)),
           Case("conv_f32_3x3_same", "CONV_2D", _conv((1, 7, 9, 3), 5, (3, 3), dtype=F32)),
           Case("conv_f32_valid_s2_relu", "CONV_2D", _conv((2, 11, 7, 5), 6, (3, 3), (2, 2), padding=V,
                                                           dtype=F32, act=A.RELU))]
@@ -361,6 +363,8 @@ def _cases() -> list[Case]:
           Case("fc_s8_per_tensor_zp", "FULLY_CONNECTED", _fc((2, 45), 11, per_channel=False, filter_zp=3)),
           Case("fc_s8_keep_dims_relu", "FULLY_CONNECTED", _fc((2, 3, 19), 9, keep_num_dims=True, act=A.RELU)),
           Case("fc_s8_flatten_nobias", "FULLY_CONNECTED", _fc((1, 4, 4, 5), 7, bias=False)),
+          Case("fc_s8_tiny_output_scale", "FULLY_CONNECTED", _fc((2, 21), 6, out_kind="tiny")),
+          Case("fc_s8_huge_output_scale", "FULLY_CONNECTED", _fc((2, 21), 6, out_kind="huge")),
           Case("fc_f32", "FULLY_CONNECTED", _fc((3, 29), 10, dtype=F32)),
           Case("fc_f32_relu6", "FULLY_CONNECTED", _fc((1, 33), 5, dtype=F32, act=A.RELU6))]
     # Pooling.
@@ -368,6 +372,7 @@ def _cases() -> list[Case]:
         tag = "avg" if op.startswith("AVERAGE") else "max"
         c += [Case(f"{tag}pool_s8_same", op, _pool(op, (1, 9, 7, 5), (3, 3), (2, 2), S)),
               Case(f"{tag}pool_s8_valid_relu", op, _pool(op, (2, 8, 11, 3), (2, 3), (2, 1), V, act=A.RELU)),
+              Case(f"{tag}pool_s8_global", op, _pool(op, (1, 13, 11, 7), (13, 11), (1, 1), V)),
               Case(f"{tag}pool_f32_same", op, _pool(op, (1, 10, 7, 6), (3, 2), (1, 2), S, dtype=F32)),
               Case(f"{tag}pool_f32_relu6", op, _pool(op, (1, 5, 5, 9), (5, 5), (1, 1), V, dtype=F32,
                                                      act=A.RELU6))]
@@ -436,6 +441,7 @@ def _cases() -> list[Case]:
               Case(f"split_v_{t}", "SPLIT_V", _split("SPLIT_V", (3, 4, 11), 2, [2, 7, 2], dt)),
               Case(f"mean_hw_keep_{t}", "MEAN", _mean((2, 5, 7, 3), [1, 2], True, dt)),
               Case(f"mean_last_{t}", "MEAN", _mean((3, 4, 9), [-1], False, dt)),
+              Case(f"mean_large_count_{t}", "MEAN", _mean((1, 19, 17, 3), [1, 2], True, dt)),
               Case(f"mean_outer_inner_{t}", "MEAN", _mean((3, 4, 5), [0, 2], False, dt))]
         c += [Case(f"transpose_3d_{t}", "TRANSPOSE", _with_consts("TRANSPOSE", (3, 5, 7), (3, 7, 5),
                                                                   [np.array([0, 2, 1], np.int32)], dtype=dt)),
@@ -493,6 +499,27 @@ def test_kernel_matches_oracle(lib: kh.KernelLibrary, case: Case, rng: np.random
     _check(lib, call, graph, values, expected)
     for t in call.in_place:
         _check(lib, call, graph, values, expected, alias=t)
+
+
+@in_process
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_kernel_matches_interpreter(lib: kh.KernelLibrary, case: Case, rng: np.random.Generator) -> None:
+    """The same calls against the TFLite interpreter's reference kernels directly, so that a
+    kernel and a lowering cannot agree with the oracle on a value TFLite computes otherwise."""
+    from toolkit.interp import ReferenceInterpreter
+    from toolkit.model.tflite_writer import write_tflite
+
+    graph = case.build(rng)
+    call = lower_op(graph, graph.ops[0], lib.variant)
+    xs = _inputs(case, graph, rng)
+    values = {t.index: t.data for t in graph.tensors if t.data is not None}
+    values.update(zip(graph.inputs, xs, strict=True))
+    try:
+        interp = ReferenceInterpreter(write_tflite(graph))
+    except InterpreterError as exc:
+        pytest.skip(f"TFLite refuses this model: {exc}")
+    theirs = interp.run(xs)
+    _check(lib, call, graph, values, dict(zip(graph.outputs, theirs, strict=True)))
 
 
 @in_process
