@@ -307,19 +307,26 @@ def asan_runtime() -> str | None:
     return path if proc.returncode == 0 and os.path.isabs(path) and os.path.exists(path) else None
 
 
-def run_sanitized_pytest(test_file: str, extra_args: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
-    """Run ``pytest test_file`` in a child with the ASan runtime preloaded and sanitizers on."""
+def run_sanitized_pytest(test_file: str, extra_args: Sequence[str] = ()) -> tuple[
+        subprocess.CompletedProcess[str], str]:
+    """Run ``pytest test_file`` in a child with the ASan runtime preloaded and sanitizers on.
+
+    Returns the finished process and the sanitizer reports (written to files, because pytest
+    captures the child's stderr per test and a sanitizer abort would lose it)."""
     runtime = asan_runtime()
     if runtime is None:
         raise RuntimeError(f"{CC} has no libasan.so")
-    env = dict(os.environ)
-    env.update({
-        SANITIZE_ENV: "1",
-        "LD_PRELOAD": runtime,
-        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0:exitcode=99",
-        "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1:exitcode=98",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    })
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file, *extra_args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env,
-                          cwd=str(KERNELS_DIR.parent.parent))
+    with tempfile.TemporaryDirectory(prefix="bf-sanitize-") as logs:
+        env = dict(os.environ)
+        env.update({
+            SANITIZE_ENV: "1",
+            "LD_PRELOAD": runtime,
+            "ASAN_OPTIONS": f"detect_leaks=0:exitcode=99:log_path={logs}/asan",
+            "UBSAN_OPTIONS": f"print_stacktrace=1:halt_on_error=1:exitcode=98:log_path={logs}/ubsan",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        })
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file, *extra_args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                              cwd=str(KERNELS_DIR.parent.parent))
+        reports = "".join(f.read_text(errors="replace") for f in sorted(Path(logs).iterdir()))
+    return proc, reports
