@@ -1,0 +1,460 @@
+"""Every decision about a model's C code, made in Python before anything is rendered.
+
+:func:`build_program` lowers each op to a :class:`~firmware_gen.lower.KernelCall`, plans the
+arena, names the weight arrays and lays out the one parameter object, and records for every
+kernel argument where its bytes live (arena offset, weight array, state array, NULL).  The
+templates only print a :class:`ModelProgram`; size accounting (:mod:`firmware_gen.sizes`) reads
+the same object, so the bytes it predicts are the bytes the templates emit.
+
+Memory layout rules that make sizes exact on any link order:
+
+* every weight / state array is 8-byte aligned *and* padded to a multiple of 8 bytes, so arrays
+  in one section pack without gaps in any order;
+* all kernel parameters (structs, per-channel tables, pointer lists) are members of one object
+  ``bf_params`` whose type is 8-byte aligned: its size follows from the C layout rules alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from firmware_gen import cdecl
+from firmware_gen.arena import ArenaPlan, plan_arena
+from firmware_gen.lower import (
+    STATE_OPS,
+    ConstArray,
+    KernelCall,
+    Struct,
+    TensorArg,
+    TensorListArg,
+    lower_op,
+)
+from firmware_gen.render import c_ident
+from toolkit.errors import BuildError
+from toolkit.model.ir import DType, Graph, Op, Tensor, VariableOptions
+
+ALIGN = 8  # alignment of the arena, every weight/state array and the params object
+
+CTYPES: dict[DType, str] = {
+    DType.INT8: "int8_t",
+    DType.UINT8: "uint8_t",
+    DType.INT16: "int16_t",
+    DType.INT32: "int32_t",
+    DType.INT64: "int64_t",
+    DType.FLOAT32: "float",
+    DType.FLOAT16: "uint16_t",  # raw IEEE half bits
+    DType.BOOL: "uint8_t",
+}
+# dtype codes in model.h (BF_DTYPE_*), stable: the serial protocol reports them.
+DTYPE_CODES: dict[DType, int] = {
+    DType.FLOAT32: 1,
+    DType.INT8: 2,
+    DType.UINT8: 3,
+    DType.INT16: 4,
+    DType.INT32: 5,
+    DType.INT64: 6,
+    DType.FLOAT16: 7,
+    DType.BOOL: 8,
+}
+_NAME_CHARS = 40  # identifier characters kept from a tensor name (the index keeps names unique)
+
+
+def round_up(n: int, a: int = ALIGN) -> int:
+    return (n + a - 1) // a * a
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    """A graph input or output: where it lives in the arena and how to interpret its bytes."""
+
+    position: int
+    tensor: int
+    name: str
+    shape: tuple[int, ...]
+    dtype: DType
+    scale: float | None
+    zero_point: int | None
+    nbytes: int
+    offset: int
+
+    @property
+    def ctype(self) -> str:
+        return CTYPES[self.dtype]
+
+    @property
+    def dtype_code(self) -> int:
+        return DTYPE_CODES[self.dtype]
+
+
+@dataclass(frozen=True)
+class DataArray:
+    """A weight (``static const``) or state array: ``values`` flat in the C element type,
+    ``length`` elements declared (padded so that the array is a multiple of 8 bytes)."""
+
+    symbol: str
+    name: str
+    ctype: str
+    values: np.ndarray = field(repr=False)
+    length: int
+    source: str  # what it holds, for the comment: "tensor 3 int8[8, 3, 3, 1]"
+    tensor: int = -1  # the constant tensor it holds (weights), -1 for state
+
+    @property
+    def nbytes(self) -> int:
+        return self.length * self.values.dtype.itemsize
+
+    @property
+    def all_zero(self) -> bool:
+        return not np.any(self.values)
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """Where a kernel argument (or an entry of a pointer list) points.
+
+    ``kind``: ``arena`` (``&bf_arena[offset]``), ``weight``/``state`` (the array ``symbol``),
+    ``params`` (member ``symbol`` of ``bf_params``) or ``null``.  ``ctype`` is the pointee type
+    the kernel takes (``void`` for byte movers), ``const`` whether it only reads.
+    """
+
+    kind: str
+    ctype: str = "void"
+    const: bool = True
+    offset: int = 0
+    symbol: str = ""
+    array_ctype: str = ""  # element type of a weight/state array (a cast is needed if it differs)
+
+
+@dataclass(frozen=True)
+class ParamsMember:
+    """One member of the ``bf_params`` object.
+
+    ``kind``: ``struct`` (a kernel's params; ``ctype`` its typedef, ``value`` a CStruct),
+    ``table`` (a constant array a params field points at; ``ctype`` its element type) or
+    ``pointers`` (a list of data pointers; ``value`` a tuple of Pointer).
+    """
+
+    name: str
+    kind: str
+    ctype: str
+    value: Any = field(repr=False)
+    length: int = 0
+
+    def layout(self, model: cdecl.DataModel) -> tuple[int, int]:
+        if self.kind == "struct":
+            return cdecl.layout(cdecl.ctype(self.ctype), model)
+        if self.kind == "pointers":
+            return self.length * model.pointer_bytes, model.pointer_bytes
+        size, align = cdecl.layout(cdecl.ctype(self.ctype), model)
+        return size * self.length, align
+
+
+@dataclass(frozen=True)
+class Step:
+    """One op of the invoke function: a kernel call or a state copy (``memcpy``)."""
+
+    op_index: int
+    opcode: str
+    label: str
+    kind: str  # "kernel" | "copy"
+    symbol: str = ""
+    params: str = ""  # bf_params member of the kernel's params struct
+    args: tuple[Pointer, ...] = ()
+    copy_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class ModelProgram:
+    graph: Graph
+    name: str
+    model_hash: str
+    calls: Mapping[int, KernelCall]
+    arena: ArenaPlan
+    weights: tuple[DataArray, ...]
+    states: tuple[DataArray, ...]
+    state_inits: tuple[DataArray, ...]  # const copies of non-zero initial state (for reset)
+    members: tuple[ParamsMember, ...]
+    steps: tuple[Step, ...]
+    inputs: tuple[IOSpec, ...]
+    outputs: tuple[IOSpec, ...]
+    kernel_families: tuple[str, ...]  # sorted families (kernels/<variant>/<family>.c)
+    symbols: tuple[str, ...]  # sorted kernel symbols called
+
+    @property
+    def weights_bytes(self) -> int:
+        return sum(w.nbytes for w in self.weights) + sum(s.nbytes for s in self.state_inits)
+
+    @property
+    def state_bytes(self) -> int:
+        return sum(s.nbytes for s in self.states)
+
+    @property
+    def arena_bytes(self) -> int:
+        return self.arena.size
+
+    def params_bytes(self, model: cdecl.DataModel) -> int:
+        """Bytes of the ``bf_params`` object on a target with data model ``model``."""
+        return _params_layout(self.members, model)[0]
+
+    @property
+    def has_nonfinite(self) -> bool:
+        """Whether any float constant is NaN/inf (model.c then needs <math.h>)."""
+        arrays = [w.values for w in self.weights if w.values.dtype.kind == "f"]
+        arrays += [m.value for m in self.members if m.kind == "table" and m.value.dtype.kind == "f"]
+        return any(not np.all(np.isfinite(a)) for a in arrays) or _struct_nonfinite(self.members)
+
+
+def _struct_nonfinite(members: Sequence[ParamsMember]) -> bool:
+    def walk(v: Any) -> bool:
+        if isinstance(v, cdecl.CStruct):
+            return any(walk(x) for _, x in v.fields)
+        if isinstance(v, cdecl.CNumber):
+            return isinstance(v.value, float) and not np.isfinite(v.value)
+        if isinstance(v, cdecl.CArray):
+            return v.values.dtype.kind == "f" and not bool(np.all(np.isfinite(v.values)))
+        return False
+
+    return any(walk(m.value) for m in members if m.kind == "struct")
+
+
+def _params_layout(members: Sequence[ParamsMember], model: cdecl.DataModel) -> tuple[int, int]:
+    offset, align = 0, ALIGN
+    for m in members:
+        size, a = m.layout(model)
+        offset = round_up(offset, a) + size
+        align = max(align, a)
+    return round_up(offset, align), align
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the program.
+
+
+def lower_graph(graph: Graph) -> dict[int, KernelCall]:
+    """KernelCall of every op except the state copies."""
+    return {op.index: lower_op(graph, op) for op in graph.ops if op.opcode not in STATE_OPS}
+
+
+def default_arena(graph: Graph, calls: Mapping[int, KernelCall], strategy: str = "greedy") -> ArenaPlan:
+    scratch = {i: c.scratch_bytes for i, c in calls.items() if c.scratch_bytes > 0}
+    in_place = {i: c.in_place for i, c in calls.items() if c.in_place}
+    return plan_arena(graph, scratch=scratch, in_place=in_place, strategy=strategy, alignment=ALIGN)
+
+
+def build_program(graph: Graph, *, arena: ArenaPlan | None = None, strategy: str = "greedy") -> ModelProgram:
+    """Lower, plan and lay out ``graph``; raises UnsupportedOp / BuildError with the op named."""
+    if not graph.ops:
+        raise BuildError(f"model {graph.name!r} has no operators")
+    calls = lower_graph(graph)
+    if not calls:
+        raise BuildError(f"model {graph.name!r} only copies state; there is nothing to compute")
+    plan = arena if arena is not None else default_arena(graph, calls, strategy)
+    _check_arena_covers(graph, plan)
+    weights = _weight_arrays(graph, calls)
+    states, inits = _state_arrays(graph)
+    builder = _ProgramBuilder(graph, plan, {w.tensor: w for w in weights}, states)
+    steps = tuple(builder.step(op, calls.get(op.index)) for op in graph.ops)
+    return ModelProgram(
+        graph=graph,
+        name=graph.name,
+        model_hash=graph.content_hash(),
+        calls=calls,
+        arena=plan,
+        weights=weights,
+        states=states,
+        state_inits=inits,
+        members=tuple(builder.members),
+        steps=steps,
+        inputs=tuple(_io_spec(graph, plan, k, t) for k, t in enumerate(graph.inputs)),
+        outputs=tuple(_io_spec(graph, plan, k, t) for k, t in enumerate(graph.outputs)),
+        kernel_families=tuple(sorted({c.family for c in calls.values()})),
+        symbols=tuple(sorted({c.symbol for c in calls.values()})),
+    )
+
+
+def _check_arena_covers(graph: Graph, plan: ArenaPlan) -> None:
+    for t in graph.tensors:
+        if t.is_constant or t.dtype is DType.RESOURCE:
+            continue
+        used = t.index in graph.inputs or any(t.index in op.outputs for op in graph.ops)
+        if used:
+            try:
+                plan.tensor_offset(t.index)
+            except KeyError:
+                raise BuildError(f"arena plan has no place for tensor {t.index} ({t.name})") from None
+
+
+def _io_spec(graph: Graph, plan: ArenaPlan, position: int, index: int) -> IOSpec:
+    t = graph.tensors[index]
+    if t.is_constant:
+        raise BuildError(f"graph input/output {t.name!r} is a constant; boardfit needs activations")
+    q = t.quant
+    scale = q.scale[0] if q is not None and not q.per_channel else None
+    zp = q.zero_point[0] if q is not None and not q.per_channel else None
+    return IOSpec(position, index, t.name, t.shape, t.dtype, scale, zp, t.nbytes, plan.tensor_offset(index))
+
+
+def _data_array(
+    symbol: str, name: str, dtype: DType, values: np.ndarray, source: str, tensor: int = -1
+) -> DataArray:
+    if dtype not in CTYPES:
+        raise BuildError(f"{name}: no C type for {dtype.value} data")
+    flat = np.ascontiguousarray(values).reshape(-1)
+    if dtype is DType.FLOAT16:
+        flat = flat.astype(np.float16).view(np.uint16)
+    elif dtype is DType.BOOL:
+        flat = flat.astype(np.uint8)
+    itemsize = flat.dtype.itemsize
+    length = max(1, round_up(flat.size * itemsize) // itemsize)
+    return DataArray(symbol, name, CTYPES[dtype], flat, length, source, tensor)
+
+
+def _describe(t: Tensor) -> str:
+    return f"tensor {t.index} {t.dtype.value}{list(t.shape)}"
+
+
+def _weight_arrays(graph: Graph, calls: Mapping[int, KernelCall]) -> tuple[DataArray, ...]:
+    """One array per constant tensor some kernel reads, in tensor order."""
+    used: set[int] = set()
+    for call in calls.values():
+        for arg in call.args:
+            tensors = arg.tensors if isinstance(arg, TensorListArg) else (arg.tensor,)
+            used.update(t for t in tensors if t >= 0 and graph.tensors[t].is_constant)
+    out = []
+    for idx in sorted(used):
+        t = graph.tensors[idx]
+        assert t.data is not None
+        symbol = f"bf_w{idx}_{c_ident(t.name)[:_NAME_CHARS]}".rstrip("_")
+        out.append(_data_array(symbol, t.name, t.dtype, t.data, _describe(t), idx))
+    return tuple(out)
+
+
+def _state_arrays(graph: Graph) -> tuple[tuple[DataArray, ...], tuple[DataArray, ...]]:
+    states, inits = [], []
+    for v in graph.variables:
+        base = f"bf_v{v.index}_{c_ident(v.name)[:_NAME_CHARS]}".rstrip("_")
+        source = f"variable {v.index} {v.dtype.value}{list(v.shape)}"
+        arr = _data_array(base, v.name, v.dtype, np.asarray(v.initial), source)
+        states.append(arr)
+        if not arr.all_zero:
+            inits.append(_data_array(f"{base}_init", v.name, v.dtype, np.asarray(v.initial), source))
+    return tuple(states), tuple(inits)
+
+
+class _ProgramBuilder:
+    """Turns KernelCalls into steps and collects the params members (in op order)."""
+
+    def __init__(
+        self, graph: Graph, plan: ArenaPlan, weights: Mapping[int, DataArray], states: Sequence[DataArray]
+    ) -> None:
+        self.graph = graph
+        self.plan = plan
+        self.weight_by_tensor = weights
+        self.states = states
+        self.members: list[ParamsMember] = []
+
+    def step(self, op: Op, call: KernelCall | None) -> Step:
+        label = op.name or (self.graph.tensors[op.outputs[0]].name if op.outputs else "")
+        if call is None:
+            return self._copy_step(op, label)
+        proto = cdecl.prototype(call.symbol)
+        expected = 1 + len(call.args) + int(call.takes_scratch)
+        if len(proto.args) != expected:
+            raise BuildError(
+                f"{op.label}: {call.symbol} takes {len(proto.args)} arguments, the lowering gives {expected}"
+            )
+        params_name = f"op{op.index}"
+        self._params(call, params_name, proto)
+        args = [self._arg(op, call, a, k) for k, a in enumerate(call.args)]
+        if call.takes_scratch:
+            args.append(self._scratch(op, call))
+        return Step(op.index, op.opcode, label, "kernel", call.symbol, params_name, tuple(args))
+
+    def _params(self, call: KernelCall, name: str, proto: cdecl.Prototype) -> None:
+        struct_type = proto.args[0].item
+        if struct_type.cname != cdecl.ctype(call.params_type).cname:
+            raise BuildError(f"{call.symbol}: params type {call.params_type} does not match its prototype")
+        tables: list[ParamsMember] = []
+
+        def sink(path: str, values: np.ndarray) -> str:
+            member = f"{name}_{path.split('.', 1)[1].replace('.', '_')}"
+            ctype = _numpy_ctype(values.dtype)
+            tables.append(ParamsMember(member, "table", ctype, values, max(1, values.size)))
+            return member
+
+        value = cdecl.typed_value(struct_type, _plain(call.params), name, sink)
+        self.members.extend(tables)
+        self.members.append(ParamsMember(name, "struct", call.params_type, value))
+
+    def _tensor_pointer(self, op: Op, tensor: int, ctype: str, output: bool) -> Pointer:
+        if tensor < 0:
+            return Pointer("null", ctype, not output)
+        t = self.graph.tensors[tensor]
+        if t.is_constant:
+            if output:
+                raise BuildError(f"{op.label}: writes constant tensor {t.name!r}")
+            w = self.weight_by_tensor[tensor]
+            return Pointer("weight", ctype, True, symbol=w.symbol, array_ctype=w.ctype)
+        return Pointer("arena", ctype, not output, offset=self.plan.tensor_offset(tensor))
+
+    def _arg(self, op: Op, call: KernelCall, arg: TensorArg | TensorListArg, k: int) -> Pointer:
+        if isinstance(arg, TensorArg):
+            return self._tensor_pointer(op, arg.tensor, arg.ctype, arg.output)
+        name = f"op{op.index}_{'outputs' if arg.output else 'inputs'}"
+        entries = tuple(self._tensor_pointer(op, t, "void", arg.output) for t in arg.tensors)
+        self.members.append(ParamsMember(name, "pointers", "void", entries, len(entries)))
+        return Pointer("params", "void", not arg.output, symbol=name)
+
+    def _scratch(self, op: Op, call: KernelCall) -> Pointer:
+        if call.scratch_bytes <= 0:
+            return Pointer("null", "void", False)
+        return Pointer("arena", "void", False, offset=self.plan.scratch_offset(op.index))
+
+    def _copy_step(self, op: Op, label: str) -> Step:
+        if not isinstance(op.options, VariableOptions):
+            raise BuildError(f"{op.label}: a state op without a variable")
+        state = self.states[op.options.variable]
+        var_ptr = Pointer("state", "void", op.opcode == "READ_VARIABLE", symbol=state.symbol,
+                          array_ctype=state.ctype)
+        if op.opcode == "READ_VARIABLE":
+            t = self.graph.tensors[op.outputs[0]]
+            args = (Pointer("arena", "void", False, offset=self.plan.tensor_offset(t.index)), var_ptr)
+        else:
+            t = self.graph.tensors[op.inputs[0]]
+            args = (var_ptr, self._tensor_pointer(op, t.index, "void", False))
+        var = self.graph.variables[op.options.variable]
+        if t.nbytes != var.nbytes:
+            raise BuildError(f"{op.label}: tensor {t.name!r} has {t.nbytes} bytes, variable {var.nbytes}")
+        return Step(op.index, op.opcode, label, "copy", args=args, copy_bytes=t.nbytes)
+
+
+def _numpy_ctype(dtype: np.dtype) -> str:
+    names = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "uint16": "uint16_t",
+             "int32": "int32_t", "uint32": "uint32_t", "int64": "int64_t", "float32": "float",
+             "float64": "double"}
+    return names[dtype.name]
+
+
+def _plain(value: Any) -> Any:
+    """KernelCall params (pairs, Struct, ConstArray) → plain dicts and numpy arrays."""
+    if isinstance(value, tuple) and value and all(isinstance(p, tuple) and len(p) == 2
+                                                  and isinstance(p[0], str) for p in value):
+        return {k: _plain(v) for k, v in value}
+    if isinstance(value, Struct):
+        return {k: _plain(v) for k, v in value.fields}
+    if isinstance(value, ConstArray):
+        dtype = np.dtype(_CONST_DTYPES[value.ctype])
+        exact = np.array(value.values, dtype=object if dtype.kind in "iu" else np.float64)
+        arr = exact.astype(dtype)
+        if not np.array_equal(arr.astype(exact.dtype), exact):
+            raise BuildError(f"constant table of {value.ctype} has values not exact in that type")
+        return arr
+    return value
+
+
+_CONST_DTYPES = {"int8_t": "int8", "uint8_t": "uint8", "int16_t": "int16", "int32_t": "int32",
+                 "uint32_t": "uint32", "float": "float32", "double": "float64"}

@@ -1,0 +1,195 @@
+"""Generate a self-contained C99 project for one model.
+
+``generate_project(graph, out_dir)`` writes::
+
+    model.h  model.c            the model (weights, arena, parameters, call sequence)
+    kernels/include/bf_kernels.h
+    kernels/<variant>/…         only the kernel sources the model calls, plus their headers
+    bf_host_main.c              a host test driver (files in, files out)
+    Makefile  CMakeLists.txt
+
+Output is deterministic: the same graph and options give byte-identical files (no timestamps,
+every iteration sorted or in graph order); every file starts with a banner holding the model
+hash and :data:`GENERATOR_VERSION`.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from firmware_gen import cdecl
+from firmware_gen.arena import ArenaPlan
+from firmware_gen.program import DTYPE_CODES, ModelProgram, Pointer, build_program
+from firmware_gen.render import render
+from toolkit.errors import BuildError
+from toolkit.model.ir import Graph
+
+if TYPE_CHECKING:
+    from toolkit.boards import Board
+
+log = logging.getLogger(__name__)
+
+# Version of the generated code.  Bump it whenever a template or a layout rule changes what is
+# generated, so that a banner names the generator that wrote the file.
+GENERATOR_VERSION = "0.1.0"
+DEFAULT_VARIANTS: tuple[str, ...] = ("ref",)
+KERNELS = "kernels"
+
+
+@dataclass(frozen=True)
+class GeneratedProject:
+    """What :func:`generate_project` wrote: paths relative to ``out_dir``, sorted."""
+
+    out_dir: Path
+    files: tuple[str, ...]
+    sources: tuple[str, ...]  # C files of the model library (model.c + kernels)
+    include_dirs: tuple[str, ...]
+    program: ModelProgram
+    variants: tuple[str, ...]
+
+    @property
+    def plan(self) -> ArenaPlan:
+        return self.program.arena
+
+    @property
+    def model_hash(self) -> str:
+        return self.program.model_hash
+
+    def path(self, name: str) -> Path:
+        return self.out_dir / name
+
+
+def _kernel_root() -> Any:
+    return importlib.resources.files("firmware_gen").joinpath(KERNELS)
+
+
+def _kernel_files(families: Sequence[str], variants: Sequence[str]) -> dict[str, bytes]:
+    """relative path -> bytes of every kernel file the project needs.
+
+    Each family's source comes from the first variant that has it (``ref`` is always the last
+    resort); a variant directory contributes its headers when one of its sources is used.
+    """
+    root = _kernel_root()
+    order = [*variants, *(() if "ref" in variants else ("ref",))]
+    files: dict[str, bytes] = {
+        f"{KERNELS}/include/bf_kernels.h": root.joinpath("include/bf_kernels.h").read_bytes()
+    }
+    used_variants: set[str] = set()
+    for family in families:
+        for variant in order:
+            src = root.joinpath(variant).joinpath(f"{family}.c")
+            if src.is_file():
+                files[f"{KERNELS}/{variant}/{family}.c"] = src.read_bytes()
+                used_variants.add(variant)
+                break
+        else:
+            raise BuildError(f"no kernel source {family}.c in variants {', '.join(order)}")
+    for variant in sorted(used_variants):
+        for entry in sorted(root.joinpath(variant).iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(".h"):
+                files[f"{KERNELS}/{variant}/{entry.name}"] = entry.read_bytes()
+    return files
+
+
+def _include_dirs(files: Sequence[str]) -> tuple[str, ...]:
+    """The project dir, kernels/include, then each variant directory (the order -I flags take)."""
+    dirs = {os.path.dirname(p) for p in files if p.startswith(KERNELS)}
+    return (".", *sorted(dirs, key=lambda d: (not d.endswith("include"), d)))
+
+
+def _per_line(ctype: str) -> int:
+    """Elements per line of an initializer (lines stay under ~110 columns)."""
+    return {"int8_t": 16, "uint8_t": 16, "int16_t": 12, "uint16_t": 12, "int32_t": 8,
+            "uint32_t": 8, "int64_t": 4, "float": 6, "double": 4}.get(ctype, 8)
+
+
+def _layer_outputs(program: ModelProgram) -> list[tuple[int, int, Pointer]]:
+    out = []
+    graph = program.graph
+    for step in program.steps:
+        op = graph.ops[step.op_index]
+        if op.opcode == "ASSIGN_VARIABLE":
+            out.append((step.op_index, step.copy_bytes, step.args[0]))
+        elif op.outputs:
+            t = graph.tensors[op.outputs[0]]
+            off = program.arena.tensor_offset(t.index)
+            out.append((step.op_index, t.nbytes, Pointer("arena", "void", True, offset=off)))
+    return out
+
+
+def render_project(program: ModelProgram, variants: Sequence[str] = DEFAULT_VARIANTS) -> dict[str, bytes]:
+    """Every file of the project as relative path -> bytes (nothing is written)."""
+    files = _kernel_files(program.kernel_families, variants)
+    sources = ("model.c", *sorted(p for p in files if p.endswith(".c")))
+    include_dirs = _include_dirs(files)
+    headers = sorted(p for p in files if p.endswith(".h"))
+    ctx: dict[str, Any] = {
+        "program": program,
+        "model_name": program.name,
+        "model_hash": program.model_hash,
+        "generator_version": GENERATOR_VERSION,
+        "kernels_abi_version": _abi_version(),
+        "dtype_codes": sorted(((d.name, c) for d, c in DTYPE_CODES.items()), key=lambda x: x[1]),
+        "per_line": _per_line,
+        "layer_outputs": _layer_outputs(program),
+        "sources": sources,
+        "include_dirs": include_dirs,
+        "headers": headers,
+    }
+    for name, template in (
+        ("model.h", "model.h.j2"),
+        ("model.c", "model.c.j2"),
+        ("bf_host_main.c", "bf_host_main.c.j2"),
+        ("Makefile", "Makefile.j2"),
+        ("CMakeLists.txt", "CMakeLists.txt.j2"),
+    ):
+        files[name] = render(template, **ctx).encode("utf-8")
+    return dict(sorted(files.items()))
+
+
+def _abi_version() -> int:
+    import re
+
+    m = re.search(r"#define BF_KERNELS_ABI_VERSION (\d+)", cdecl.header_text())
+    if m is None:
+        raise BuildError("bf_kernels.h defines no BF_KERNELS_ABI_VERSION")
+    return int(m.group(1))
+
+
+def generate_project(
+    graph: Graph,
+    out_dir: str | os.PathLike[str],
+    *,
+    board: Board | None = None,
+    plan: ArenaPlan | None = None,
+    variants: Sequence[str] = DEFAULT_VARIANTS,
+    strategy: str = "greedy",
+) -> GeneratedProject:
+    """Lower, plan, render and write the C project for ``graph`` into ``out_dir``.
+
+    ``plan`` is a ready arena plan (default: :func:`~firmware_gen.arena.plan_arena` with
+    ``strategy`` over the kernels' scratch and in-place needs).  ``variants`` lists kernel
+    variant directories in order of preference (``ref`` is the fallback).  ``board`` selects
+    the kernel variants its ISA can run once optimized variants exist; today every board uses
+    the portable ``ref`` kernels, so it only shapes the size report (see firmware_gen.sizes).
+    Files are written only when their bytes change, so an unchanged model keeps its build.
+    """
+    del board  # the portable kernels run everywhere; variant choice by ISA comes with variants
+    program = build_program(graph, arena=plan, strategy=strategy)
+    files = render_project(program, variants)
+    out = Path(out_dir)
+    for rel, data in files.items():
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_bytes() != data:
+            path.write_bytes(data)
+    sources = tuple(p for p in files if p.endswith(".c") and p != "bf_host_main.c")
+    include_dirs = _include_dirs(files)
+    log.info("generated %d files for %s in %s", len(files), graph.name, out)
+    return GeneratedProject(out, tuple(files), sources, include_dirs, program, tuple(variants))

@@ -1,0 +1,192 @@
+"""Build a generated project and run it from Python.
+
+* :func:`build_host_library` compiles the model library for this machine as a shared object and
+  :class:`HostModel` runs it through cffi's ABI mode (``ffi.dlopen``): inputs in, outputs out,
+  state kept across calls for streaming models, :meth:`HostModel.reset` to start over.
+* :func:`build_host_executable` links the generated test driver (``bf_host_main.c``);
+  :func:`run_host_executable` feeds it input files in a subprocess.  This is how sanitizer builds
+  run: an ASan/UBSan program needs no ``LD_PRELOAD`` trick, and a report aborts only the child.
+
+Outputs are content-addressed (``build/<kind>-<hash>``): a file name names exactly one build, so
+a library that is loaded once is never silently reused after the sources changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from firmware_gen.program import IOSpec, ModelProgram
+from firmware_gen.project import GeneratedProject
+from targets.toolchains import SANITIZE_FLAGS, Toolchain, compile_objects, host_toolchain, run_tool
+from toolkit.errors import BuildError
+
+log = logging.getLogger(__name__)
+
+BUILD_DIR = "build"
+_CDEF = """
+int bf_model_invoke(void);
+void bf_model_reset(void);
+void *bf_model_input(uint32_t index);
+const void *bf_model_output(uint32_t index);
+"""
+
+
+def _digest(objects: Sequence[Path], tc: Toolchain, flags: Sequence[str]) -> str:
+    """Name of a linked output: the cached objects' names are hashes of their inputs."""
+    h = hashlib.sha256(repr((tc.describe(), tuple(flags))).encode())
+    for o in objects:
+        h.update(o.name.encode())
+    return h.hexdigest()[:16]
+
+
+def _host_flags(sanitize: bool) -> tuple[str, ...]:
+    return (*SANITIZE_FLAGS, "-g", "-DBF_EXACT_LENGTHS") if sanitize else ()
+
+
+def _objects(
+    project: GeneratedProject, tc: Toolchain, sources: Sequence[str], extra: Sequence[str]
+) -> list[Path]:
+    include = [project.path(d) for d in project.include_dirs]
+    return compile_objects(tc, [project.path(s) for s in sources], include_dirs=include, extra=extra)
+
+
+def _link(tc: Toolchain, objects: Sequence[Path], out: Path, extra: Sequence[str]) -> Path:
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        run_tool([*tc.compile_argv(objects, tmp, extra=extra), "-lm"])
+        tmp.replace(out)
+    return out
+
+
+def build_host_library(
+    project: GeneratedProject, *, toolchain: Toolchain | None = None, sanitize: bool = False
+) -> Path:
+    """Compile model.c and the kernels into one shared object; returns its path.
+
+    Kernel objects come from the content-addressed object cache (targets.toolchains), so only
+    model.c is compiled for a new model.  A sanitized library can only be loaded into a process
+    that preloads the sanitizer runtime; use :func:`build_host_executable` for sanitizer runs.
+    """
+    tc = toolchain or host_toolchain()
+    tc.require()
+    flags = _host_flags(sanitize)
+    objects = _objects(project, tc, project.sources, flags)
+    out = project.path(BUILD_DIR) / f"libbf_model-{_digest(objects, tc, flags)}.so"
+    return _link(tc, objects, out, ("-shared", *flags))
+
+
+def build_host_executable(
+    project: GeneratedProject, *, toolchain: Toolchain | None = None, sanitize: bool = False
+) -> Path:
+    """Link the host test driver with the model library; returns the executable's path."""
+    tc = toolchain or host_toolchain()
+    tc.require()
+    flags = _host_flags(sanitize)
+    objects = _objects(project, tc, (*project.sources, "bf_host_main.c"), flags)
+    out = project.path(BUILD_DIR) / f"bf_model_test-{_digest(objects, tc, flags)}"
+    return _link(tc, objects, out, flags)
+
+
+def _as_input(spec: IOSpec, value: np.ndarray) -> bytes:
+    arr = np.asarray(value)
+    if arr.dtype != spec.dtype.numpy:
+        raise BuildError(f"input {spec.position} ({spec.name}) must be {spec.dtype.value}, got {arr.dtype}")
+    if arr.size * arr.dtype.itemsize != spec.nbytes:
+        raise BuildError(f"input {spec.position} ({spec.name}) must have shape {spec.shape}, got {arr.shape}")
+    return np.ascontiguousarray(arr).tobytes()
+
+
+def _as_output(spec: IOSpec, data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=spec.dtype.numpy).reshape(spec.shape).copy()
+
+
+class HostModel:
+    """A generated model compiled for this machine and loaded with cffi (ABI mode).
+
+    The library keeps one arena and one state: two HostModel objects on the same file share
+    them (the dynamic loader maps a path once).  Not thread-safe.
+    """
+
+    def __init__(self, library: str | os.PathLike[str], program: ModelProgram) -> None:
+        import cffi
+
+        self.program = program
+        self._ffi = cffi.FFI()
+        self._ffi.cdef(_CDEF)
+        try:
+            self._lib = self._ffi.dlopen(os.fspath(library))
+        except OSError as exc:
+            raise BuildError(f"cannot load {library}: {exc}") from exc
+        self.reset()
+
+    @classmethod
+    def build(cls, project: GeneratedProject, toolchain: Toolchain | None = None) -> HostModel:
+        return cls(build_host_library(project, toolchain=toolchain), project.program)
+
+    def reset(self) -> None:
+        """Restore the initial state of a streaming model."""
+        self._lib.bf_model_reset()
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One inference: the outputs in graph order (copies, shaped and typed as the graph says)."""
+        specs = self.program.inputs
+        if len(inputs) != len(specs):
+            raise BuildError(f"model {self.program.name!r} takes {len(specs)} inputs, got {len(inputs)}")
+        for spec, value in zip(specs, inputs, strict=True):
+            data = _as_input(spec, value)
+            self._ffi.memmove(self._lib.bf_model_input(spec.position), data, len(data))
+        status = self._lib.bf_model_invoke()
+        if status != 0:
+            raise BuildError(f"bf_model_invoke returned {status}")
+        return [
+            _as_output(s, bytes(self._ffi.buffer(self._lib.bf_model_output(s.position), s.nbytes)))
+            for s in self.program.outputs
+        ]
+
+
+def run_host_executable(
+    executable: str | os.PathLike[str],
+    program: ModelProgram,
+    steps: Sequence[Sequence[np.ndarray]],
+    *,
+    timeout: float = 120,
+) -> list[list[np.ndarray]]:
+    """Run the test driver on ``steps`` (one list of inputs per invocation, state carried over
+    from step to step); returns the outputs of every step.  A crash or a sanitizer report raises
+    :class:`BuildError` with the program's stderr."""
+    with tempfile.TemporaryDirectory(prefix="bf-run-") as tmp:
+        in_path, out_path = Path(tmp, "inputs.bin"), Path(tmp, "outputs.bin")
+        in_path.write_bytes(
+            b"".join(_as_input(s, x) for step in steps for s, x in zip(program.inputs, step, strict=True))
+        )
+        env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0",
+               "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+        argv = [os.fspath(executable), str(in_path), str(out_path), str(len(steps))]
+        log.info("$ %s", " ".join(argv))
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+        if proc.returncode != 0 or proc.stderr.strip():
+            raise BuildError(
+                f"{executable} failed (exit {proc.returncode}):\n{proc.stderr.strip()[-4000:]}"
+            )
+        data = out_path.read_bytes()
+    per_step = sum(s.nbytes for s in program.outputs)
+    if len(data) != per_step * len(steps):
+        raise BuildError(f"{executable} wrote {len(data)} bytes, expected {per_step * len(steps)}")
+    results = []
+    for k in range(len(steps)):
+        chunk, outs = data[k * per_step : (k + 1) * per_step], []
+        pos = 0
+        for s in program.outputs:
+            outs.append(_as_output(s, chunk[pos : pos + s.nbytes]))
+            pos += s.nbytes
+        results.append(outs)
+    return results
