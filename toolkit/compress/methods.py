@@ -1,0 +1,1 @@
+"""Imports every compression method module so that its register() call runs."""
