@@ -1,1 +1,10 @@
-"""Imports every compression method module so that its register() call runs."""
+"""Imports every compression method module so that its register() call runs.
+
+One module per line, kept sorted (ruff's isort merges them into this one statement).
+"""
+
+from toolkit.compress import (  # noqa: F401
+    int8,
+    kmeans,
+    uniform,
+)

@@ -602,3 +602,4 @@ void bf_mean_f32(const bf_mean_f32_params *params, const float *input, float *ou
 #endif
 
 #endif /* BF_KERNELS_H */
+#include "bf_packed.h"
