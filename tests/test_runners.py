@@ -9,6 +9,7 @@ the UF2 specification.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import re
 import shutil
@@ -380,7 +381,7 @@ def test_ssh_command_lines(tmp_path: Path) -> None:
     prog = tmp_path / "boardfit-prog"
     prog.write_bytes(b"#!/bin/sh\n")
     runner = make_runner(load_board("rpi4"), dry_run=True, prefer="ssh",
-                         local=BoardLocal(host="pi@raspberrypi.local"))
+                         local=BoardLocal(host="pi@raspberrypi.local", port="/dev/ttyUSB0"))
     with runner.start(prog) as dev:
         assert dev.counts == "nanoseconds"
     assert runner.log.commands == [
@@ -616,6 +617,25 @@ def test_qemu_system_killed_on_close_and_start_errors_quote_qemu(fw: Path) -> No
 
 @pytest.mark.qemu
 @pytest.mark.cross
+def test_qemu_lockup_is_reported_with_qemus_message(fw: Path) -> None:
+    _need("qemu-system-arm")
+    board = load_board("mps2-an386")
+    # Without -semihosting-config the firmware's semihosting call is a fault QEMU cannot take.
+    runner = qemu_system_module.QemuSystemRunner(board, board.runner, semihosting=False)
+    with runner.start(fw) as dev:
+        link = dev.open_serial(timeout=3.0)
+        link.write(b"A")
+        assert link.read_until(b"\n") == b"hello from boardfit A\n"
+        link.write(b"B")
+        assert dev.wait(5.0) == -signal.SIGABRT
+        with pytest.raises(RunnerError, match=r"(?s)QEMU was killed by SIGABRT:\n.*fatal: Lockup"):
+            dev.check_alive()
+        link.close()
+    assert "-semihosting-config" not in runner.log.commands[0]
+
+
+@pytest.mark.qemu
+@pytest.mark.cross
 def test_qemu_system_retries_when_the_port_is_taken(fw: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _need("qemu-system-arm")
     with socket.socket() as taken:
@@ -694,6 +714,16 @@ def test_host_runner_program_over_a_pty(echo_host: Path) -> None:
         pid = _pid(dev)
         assert pid is not None
     assert _wait_gone(pid, 2.0)
+
+
+def test_a_forgotten_session_is_killed_when_collected(echo_host: Path) -> None:
+    runner = HostRunner(load_board("rpi4"), RunnerSpec("host"))
+    dev = runner.start(echo_host)
+    pid = _pid(dev)
+    assert not _gone(pid)
+    del dev
+    gc.collect()
+    assert _wait_gone(pid, 3.0)
 
 
 # --------------------------------------------------------------------------------------------

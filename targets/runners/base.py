@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
+import signal
 import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -176,8 +178,24 @@ def _not_installed(program: str, hint: str) -> str:
 
 
 def tail(data: bytes | str, lines: int = STDERR_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a tool's output, preceded by its first lines that say
+    "fatal" or "error" when those scrolled away (QEMU prints "qemu: fatal: Lockup ..." and
+    then a register dump)."""
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    return "\n".join(text.rstrip().splitlines()[-lines:])
+    all_lines = text.rstrip().splitlines()
+    last = all_lines[-lines:]
+    head = [ln for ln in all_lines[:-lines] if re.search(r"fatal|error", ln, re.IGNORECASE)][:3]
+    return "\n".join([*head, "...", *last] if head else last)
+
+
+def describe_status(code: int) -> str:
+    """"exited with status 3" or "was killed by SIGABRT" for a Popen return code."""
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        return f"was killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"was killed by signal {-code}"
 
 
 def _tail_block(data: bytes) -> str:
@@ -297,8 +315,8 @@ class ProcessSession(Session):
     def check_alive(self) -> None:
         code = self.poll()
         if code is not None:
-            raise RunnerError(f"{self.what} exited with status {code}" + _tail_block(
-                self.stderr_text().encode()))
+            raise RunnerError(f"{self.what} {describe_status(code)}"
+                              + _tail_block(self.stderr_text().encode()))
 
     def close(self) -> None:
         if self._closed:
@@ -357,6 +375,7 @@ class Runner(ABC):
         self.spec = spec
         self.log = log if log is not None else CommandLog()
         self.local = local if local is not None else BoardLocal()
+        self.port_arg = port  # exactly what --port said (None when not given)
         self.port = port if port is not None else self.local.port
 
     @property

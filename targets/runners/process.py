@@ -10,7 +10,8 @@ An orphaned QEMU busy-polls a core forever (TOOLCHAIN.md), so every long-running
 * with stderr going to a temporary file (never a pipe nobody reads, which would block the child
   once the pipe buffer is full), so errors such as QEMU's "Lockup" can be quoted.
 
-:meth:`ManagedProcess.close` sends SIGTERM to the group, then SIGKILL if it has not exited.
+:meth:`ManagedProcess.close` sends SIGTERM to the group, then SIGKILL if it has not exited; the
+same happens if a session is garbage collected or Python exits without closing it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Final
@@ -63,6 +65,7 @@ class ManagedProcess:
                  stdout: int | IO[bytes] | None = None, pass_fds: Sequence[int] = (),
                  cwd: str | os.PathLike[str] | None = None) -> None:
         self.argv = tuple(argv)
+        self._final_stderr = ""
         self._stderr = tempfile.TemporaryFile(prefix="boardfit-stderr-")  # noqa: SIM115 - lives as long as the process
         try:
             self.popen = subprocess.Popen(  # argv from board data; no shell
@@ -75,6 +78,9 @@ class ManagedProcess:
             self._stderr.close()
             raise
         self.pid = self.popen.pid
+        # Runs on close(), when the object is garbage collected, or at interpreter exit —
+        # whichever comes first (PR_SET_PDEATHSIG covers a Python that is killed).
+        self._finalizer = weakref.finalize(self, _finish, self.popen, self._stderr)
         log.debug("started pid %d: %s", self.pid, self.argv[0])
 
     def poll(self) -> int | None:
@@ -89,34 +95,46 @@ class ManagedProcess:
             return None
 
     def stderr_text(self) -> str:
-        """Everything the child wrote to stderr so far."""
+        """Everything the child wrote to stderr so far (kept after close)."""
+        if self._stderr.closed:
+            return self._final_stderr
         self._stderr.flush()
         self._stderr.seek(0)
         text = self._stderr.read().decode("utf-8", "replace")
         self._stderr.seek(0, os.SEEK_END)
         return text
 
-    def stderr_tail(self, lines: int = 12) -> str:
-        return "\n".join(self.stderr_text().rstrip().splitlines()[-lines:])
-
     def kill(self) -> None:
         """SIGTERM the process group, then SIGKILL it if it does not exit in time; reaps it."""
-        if self.popen.returncode is None:
-            # Until it is reaped (only this object reaps it) the PID cannot be reused, so the
-            # group id is still this child's.
-            _signal_group(self.pid, signal.SIGTERM)
-            if self.wait(TERM_GRACE_S) is None:
-                _signal_group(self.pid, signal.SIGKILL)
-                self.popen.wait()
-        else:
-            # The leader is gone; anything it forked may remain in the group.
-            _signal_group(self.pid, signal.SIGKILL)
+        _terminate(self.popen)
 
     def close(self) -> None:
-        try:
+        """Kill the process (if it runs) and release its stderr file; idempotent."""
+        if self._finalizer.alive:
             self.kill()
-        finally:
-            self._stderr.close()
+            self._final_stderr = self.stderr_text()
+            self._finalizer()
+
+
+def _terminate(popen: subprocess.Popen[bytes]) -> None:
+    if popen.poll() is not None:
+        # Reaped: the PID (and group id) may now belong to someone else; never signal it.
+        return
+    # Until it is reaped (only this module reaps it) the PID cannot be reused, so the group
+    # id is still this child's.
+    _signal_group(popen.pid, signal.SIGTERM)
+    try:
+        popen.wait(TERM_GRACE_S)
+    except subprocess.TimeoutExpired:
+        _signal_group(popen.pid, signal.SIGKILL)
+        popen.wait()
+
+
+def _finish(popen: subprocess.Popen[bytes], stderr: IO[bytes]) -> None:
+    try:
+        _terminate(popen)
+    finally:
+        stderr.close()
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

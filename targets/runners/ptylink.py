@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tty
+import weakref
 from collections.abc import Sequence
 from typing import Final
 
@@ -32,7 +33,8 @@ class PtySession(ProcessSession):
                  counts: Counts, what: str) -> None:
         super().__init__(process, counts, what)
         self.serial_url = slave_path
-        self._slave_fd = slave_fd
+        # The slave fd is closed with the session, or when a forgotten session is collected.
+        self._release_slave = None if slave_fd is None else weakref.finalize(self, os.close, slave_fd)
 
     def open_serial(self, *, timeout: float = 1.0) -> serial.SerialBase:
         self._require()
@@ -49,9 +51,8 @@ class PtySession(ProcessSession):
         try:
             super().close()
         finally:
-            if self._slave_fd is not None:
-                os.close(self._slave_fd)
-                self._slave_fd = None
+            if self._release_slave is not None:
+                self._release_slave()
 
 
 def start_on_pty(log: CommandLog, argv: Sequence[str], counts: Counts, what: str,

@@ -12,6 +12,8 @@ The command line comes from the board's ``[emulator]`` table only::
 * ``-semihosting-config`` is on for emulated builds that use semihosting (the board says
   whether its emulated firmware does): the firmware's ``SYS_EXIT_EXTENDED`` then becomes QEMU's
   exit status (:meth:`Session.wait`).  Without it a semihosting call locks QEMU up.
+* A firmware fault QEMU cannot handle ends it with "qemu: fatal: Lockup ..." on stderr and
+  SIGABRT; :meth:`Session.check_alive` and :meth:`Session.wait` report it, quoting stderr.
 * The first UART is a TCP server with ``nodelay=on`` (without it each request costs ~40 ms of
   Nagle delay) and ``wait=off``: the firmware runs at once and must never speak first.
 
@@ -124,7 +126,7 @@ class QemuSystemRunner(Runner):
             except BaseException:
                 process.close()
                 raise
-            last_error = process.stderr_tail()
+            last_error = process.stderr_text()
             process.close()
             if not any(s in last_error for s in _PORT_TAKEN):
                 break
@@ -140,5 +142,5 @@ class QemuSystemRunner(Runner):
             return False
         if not ready:
             raise RunnerError(f"QEMU did not listen on port {port} within {START_TIMEOUT_S:g} s"
-                              + (f":\n{process.stderr_tail()}" if process.stderr_text() else ""))
+                              + (f":\n{tail(process.stderr_text())}" if process.stderr_text() else ""))
         return True

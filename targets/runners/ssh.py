@@ -94,7 +94,8 @@ class SshRunner(Runner):
                             starts_process=True, counts="nanoseconds")
 
     def destination(self) -> SshDestination:
-        text = self.port if self.port is not None else self.local.host
+        # --port names the destination; a configured serial ``port`` is not an ssh host.
+        text = self.port_arg if self.port_arg is not None else self.local.host
         if text is None:
             raise RunnerError(
                 f"no ssh host for {self.board.id}: pass --port ssh://user@host or set host under "
