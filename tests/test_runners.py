@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from targets.elf import ImageSizes, image_sizes, read_elf
@@ -43,6 +44,7 @@ from targets.runners.ssh import SshRunner, parse_destination
 from targets.runners.uf2 import find_drive, uf2_blocks
 from toolkit.boards import RunnerSpec, Timer, load_board
 from toolkit.errors import DoesNotFit, RunnerError
+from toolkit.validate.link import DeviceLink
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "runners"
@@ -98,6 +100,29 @@ def echo_host(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", str(FIXTURES / "stdio_echo.c"),
                     "-o", str(out)], check=True)
     return out
+
+
+RUNTIME = REPO / "firmware_gen" / "runtime"
+RUNTIME_SOURCES = [str(RUNTIME / f) for f in ("bf_runtime_main.c", "bf_protocol.c", "platform_posix.c")]
+
+
+def _build_runtime(cc: str, out: Path, *flags: str) -> Path:
+    """The real device runtime (POSIX platform) around the add-one test model."""
+    _need(cc)
+    subprocess.run([cc, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", *flags, f"-I{RUNTIME}",
+                    *RUNTIME_SOURCES, str(FIXTURES / "add_one_model.c"), "-o", str(out)], check=True)
+    return out
+
+
+def _check_add_one(link: DeviceLink) -> None:
+    """Sync, check the model's identity, run it once: the runtime and the link work end to end."""
+    info = link.sync()
+    assert info.model_hash[:3] == b"\x11\x22\x33" and info.plan_hash[:3] == b"\x44\x55\x66"
+    x = np.array([[-128, -4, -1, 0, 1, 5, 100, 127]], dtype=np.int8)
+    link.set_input(0, x)
+    status, _ = link.invoke()
+    assert status == 0
+    np.testing.assert_array_equal(link.get_output(0), (x.astype(np.int16) + 1).astype(np.uint8).view(np.int8))
 
 
 def _pid(dev: Session) -> int:
@@ -265,7 +290,7 @@ def test_qemu_user_command_lines(tmp_path: Path) -> None:
             assert dev.serial_url is None  # nothing was started
             with pytest.raises(RunnerError, match="dry run"):
                 dev.open_serial()
-        assert runner.log.commands == [(binary, "-cpu", cpu, str(prog), "--stdio")]
+        assert runner.log.commands == [(binary, "-cpu", cpu, str(prog), "-")]
         assert runner.capabilities.counts == "nanoseconds" and runner.capabilities.emulated
 
 
@@ -388,7 +413,7 @@ def test_ssh_command_lines(tmp_path: Path) -> None:
         ("ssh", "-o", "BatchMode=yes", "pi@raspberrypi.local", "mkdir", "-p", "/tmp/boardfit"),
         ("scp", "-o", "BatchMode=yes", "-q", str(prog), "pi@raspberrypi.local:/tmp/boardfit/boardfit-prog"),
         ("ssh", "-o", "BatchMode=yes", "-T", "-e", "none", "pi@raspberrypi.local",
-         "/tmp/boardfit/boardfit-prog --stdio"),
+         "/tmp/boardfit/boardfit-prog -"),
     ]
     # --port ssh://user@host:port selects the ssh runner (a port means a real board) and overrides
     # the configured host.
@@ -702,7 +727,7 @@ def test_qemu_user_program_speaks_over_a_pty(echo64: Path) -> None:
         link.write(b"q")
         assert dev.wait(5.0) == 7
         link.close()
-    assert runner.log.commands == [("qemu-aarch64", "-cpu", "cortex-a72", str(echo64), "--stdio")]
+    assert runner.log.commands == [("qemu-aarch64", "-cpu", "cortex-a72", str(echo64), "-")]
 
 
 def test_host_runner_program_over_a_pty(echo_host: Path) -> None:
@@ -714,6 +739,33 @@ def test_host_runner_program_over_a_pty(echo_host: Path) -> None:
         pid = _pid(dev)
         assert pid is not None
     assert _wait_gone(pid, 2.0)
+
+
+@pytest.mark.qemu
+@pytest.mark.cross
+@pytest.mark.parametrize(("board_id", "cc", "flags"), [
+    ("rpi4", "aarch64-linux-gnu-gcc", ("-static",)),
+    ("rpi3-32bit", "arm-linux-gnueabihf-gcc",
+     ("-static", "-mcpu=cortex-a7", "-mfpu=neon-vfpv4", "-mfloat-abi=hard")),
+])
+def test_device_runtime_under_qemu_user_through_the_host_link(
+        tmp_path: Path, board_id: str, cc: str, flags: tuple[str, ...]) -> None:
+    board = load_board(board_id)
+    assert board.emulator is not None
+    _need(board.emulator.binary)
+    exe = _build_runtime(cc, tmp_path / "add-one", *flags)
+    with make_runner(board, local=NO_LOCAL).start(exe) as dev:
+        link = DeviceLink(dev.open_serial(timeout=0.05))
+        _check_add_one(link)
+        link.close()
+
+
+def test_device_runtime_on_the_host_runner(tmp_path: Path) -> None:
+    exe = _build_runtime("gcc", tmp_path / "add-one")
+    with HostRunner(load_board("rpi4"), RunnerSpec("host")).start(exe) as dev:
+        link = DeviceLink(dev.open_serial(timeout=0.05))
+        _check_add_one(link)
+        link.close()
 
 
 def test_a_forgotten_session_is_killed_when_collected(echo_host: Path) -> None:
@@ -813,7 +865,13 @@ def test_ssh_runner_end_to_end_with_local_stand_ins(tmp_path: Path, echo_host: P
         assert dev.wait(5.0) == 7
         link.close()
     assert (remote / echo_host.name).read_bytes() == echo_host.read_bytes()
-    assert runner.log.commands[-1][-1] == f"'{remote}/{echo_host.name}' --stdio"
+    assert runner.log.commands[-1][-1] == f"'{remote}/{echo_host.name}' -"
+    # The real device runtime over the same pipes, driven by the host link.
+    exe = _build_runtime("gcc", tmp_path / "add-one")
+    with runner.start(exe) as dev:
+        link = DeviceLink(dev.open_serial(timeout=0.05))
+        _check_add_one(link)
+        link.close()
 
 
 def test_every_board_runner_kind_has_a_runner_class() -> None:

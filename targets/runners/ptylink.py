@@ -3,7 +3,7 @@
 Only the slave end of a pty has a path, and pyserial needs a path, so the *host* opens the slave
 (``Session.serial_url`` is e.g. ``/dev/pts/7``, opened exactly like a real ``/dev/ttyACM0``)
 and the program gets the master end as its stdin and stdout: a raw byte stream (a pty master
-has no line discipline of its own), the same thing it reads and writes over ssh (``--stdio``).
+has no line discipline of its own), the same thing it reads and writes over ssh.
 The slave is put in raw mode before the program starts, and the session keeps a slave fd open
 so the program never sees a hang-up between pyserial's open and close.
 """
@@ -22,8 +22,10 @@ from targets.runners.base import CommandLog, Counts, ProcessSession
 from targets.runners.process import ManagedProcess
 from toolkit.errors import RunnerError
 
-# The device program's arguments: speak the protocol on stdin/stdout.
-DEFAULT_PROGRAM_ARGS: Final = ("--stdio",)
+# The device program's arguments: ``-`` = speak the protocol on stdin/stdout (the contract of
+# firmware_gen/runtime/platform_posix.c: its one argument is a serial device path or ``-``;
+# an explicit ``-`` also overrides a BF_SERIAL in the environment).
+DEFAULT_PROGRAM_ARGS: Final = ("-",)
 
 
 class PtySession(ProcessSession):

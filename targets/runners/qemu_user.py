@@ -1,6 +1,6 @@
 """Linux programs under QEMU user mode (the Raspberry Pi profiles).
 
-``qemu-aarch64 -cpu cortex-a72 prog --stdio`` (Pi 4), ``qemu-arm -cpu cortex-a7 prog --stdio``
+``qemu-aarch64 -cpu cortex-a72 prog -`` (Pi 4), ``qemu-arm -cpu cortex-a7 prog -``
 (32-bit Pi OS): ``-cpu`` always comes from the board, because QEMU's default CPU enables every
 extension (``sdot`` would then run on a "Pi 4" that lacks it).  The program talks over a pty
 (:mod:`targets.runners.ptylink`): ``Session.serial_url`` is the pty's path.

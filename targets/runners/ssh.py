@@ -4,7 +4,7 @@
 
     ssh -o BatchMode=yes pi@host mkdir -p /tmp/boardfit
     scp -o BatchMode=yes -q prog pi@host:/tmp/boardfit/prog
-    ssh -o BatchMode=yes -T -e none pi@host /tmp/boardfit/prog --stdio
+    ssh -o BatchMode=yes -T -e none pi@host /tmp/boardfit/prog -
 
 The destination comes from local configuration (``host`` under ``[boards.<id>]``) or from
 ``--port ssh://user@host[:port]``, never from a board file; ``remote_dir`` comes from the board.

@@ -2,7 +2,7 @@
 
 :class:`PipeSerial` subclasses :class:`serial.SerialBase`, so code written for a serial port —
 ``read(n)`` honouring ``timeout``, ``read_until``, ``write``, ``in_waiting``,
-``reset_input_buffer`` — works unchanged over ``ssh host prog --stdio``.  Reads are
+``reset_input_buffer`` — works unchanged over ``ssh host prog -``.  Reads are
 non-blocking on the pipe with :mod:`select`, so a timeout is a timeout, never a hang.  Closing
 the link closes its own duplicates of the pipes only; the process belongs to its session.
 """
