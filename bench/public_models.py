@@ -91,7 +91,8 @@ def main() -> int:
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     else:
-        print(f"{'package':<34} {'model':<38} {'ops':>4} {'dtype':<8} {'verdict':<12} {'max|diff|':>10}  detail")
+        head = ("package", "model", "ops", "dtype", "verdict", "max|diff|")
+        print("{:<34} {:<38} {:>4} {:<8} {:<12} {:>10}  detail".format(*head))
         for r in rows:
             print(f"{r.package:<34} {r.model:<38} {r.ops:>4} {r.dtype:<8} {r.verdict:<12} "
                   f"{r.max_abs_diff:>10.3g}  {r.detail}")
