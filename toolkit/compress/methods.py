@@ -4,6 +4,7 @@ One module per line, kept sorted (ruff's isort merges them into this one stateme
 """
 
 from toolkit.compress import (  # noqa: F401
+    binary,
     int8,
     kmeans,
     uniform,

@@ -602,4 +602,5 @@ void bf_mean_f32(const bf_mean_f32_params *params, const float *input, float *ou
 #endif
 
 #endif /* BF_KERNELS_H */
+#include "bf_binary.h"
 #include "bf_packed.h"
