@@ -112,15 +112,35 @@ def header_text() -> str:
     return importlib.resources.files("firmware_gen").joinpath(HEADER).read_text(encoding="utf-8")
 
 
+def _headers() -> list[tuple[str, str]]:
+    """(name, text) of every public kernel header: bf_kernels.h first (the others use its types),
+    then the rest in name order."""
+    include = importlib.resources.files("firmware_gen").joinpath("kernels/include")
+    names = sorted(e.name for e in include.iterdir() if e.name.endswith(".h"))
+    names.sort(key=lambda n: n != "bf_kernels.h")
+    return [(n, include.joinpath(n).read_text(encoding="utf-8")) for n in names]
+
+
+_CDEF_SECTION = re.compile(r"^/\* BF_CDEF_BEGIN\b.*?\*/\n(.*?)^/\* BF_CDEF_END \*/", re.S | re.M)
+
+
 @functools.lru_cache(maxsize=1)
 def _cdef() -> tuple[cffi.FFI, str]:
-    text = header_text()
-    m = re.search(r"^/\* BF_CDEF_BEGIN\b.*?\*/\n(.*?)^/\* BF_CDEF_END \*/", text, flags=re.S | re.M)
-    if m is None:
-        raise BuildError(f"{HEADER}: the /* BF_CDEF_BEGIN */ … /* BF_CDEF_END */ section is missing")
-    body = m.group(1)
+    """One cffi FFI over the cdef sections of every public header."""
+    bodies = []
+    for name, text in _headers():
+        m = _CDEF_SECTION.search(text)
+        if m is None:
+            if name == "bf_kernels.h":
+                raise BuildError(f"{HEADER}: the /* BF_CDEF_BEGIN */ … /* BF_CDEF_END */ section is missing")
+            continue
+        bodies.append(m.group(1))
+    body = "\n".join(bodies)
     ffi = cffi.FFI()
-    ffi.cdef(body)
+    try:
+        ffi.cdef(body)
+    except cffi.CDefError as exc:
+        raise BuildError(f"kernel headers: cffi cannot parse a BF_CDEF section: {exc}") from exc
     return ffi, body
 
 

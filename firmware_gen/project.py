@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +48,7 @@ class GeneratedProject:
 
     out_dir: Path
     files: tuple[str, ...]
-    sources: tuple[str, ...]  # C files of the model library (model.c + kernels)
+    sources: tuple[str, ...]  # C files of the model library: model.c, then the kernels
     include_dirs: tuple[str, ...]
     program: ModelProgram
     variants: tuple[str, ...]
@@ -72,13 +72,17 @@ def _kernel_root() -> Any:
 def _kernel_files(families: Sequence[str], variants: Sequence[str]) -> dict[str, bytes]:
     """relative path -> bytes of every kernel file the project needs.
 
-    Each family's source comes from the first variant that has it (``ref`` is always the last
-    resort); a variant directory contributes its headers when one of its sources is used.
+    Every public header (``kernels/include``) is copied; each family's source comes from the
+    first variant that has it (``ref`` is always the last resort); a variant directory
+    contributes its headers when one of its sources is used.
     """
     root = _kernel_root()
     order = [*variants, *(() if "ref" in variants else ("ref",))]
+    include = root.joinpath("include")
     files: dict[str, bytes] = {
-        f"{KERNELS}/include/bf_kernels.h": root.joinpath("include/bf_kernels.h").read_bytes()
+        f"{KERNELS}/include/{e.name}": e.read_bytes()
+        for e in sorted(include.iterdir(), key=lambda e: e.name)
+        if e.name.endswith(".h")
     }
     used_variants: set[str] = set()
     for family in families:
@@ -97,7 +101,12 @@ def _kernel_files(families: Sequence[str], variants: Sequence[str]) -> dict[str,
     return files
 
 
-def _include_dirs(files: Sequence[str]) -> tuple[str, ...]:
+def _library_sources(files: Iterable[str]) -> tuple[str, ...]:
+    """model.c first, then the kernel sources in path order."""
+    return ("model.c", *sorted(p for p in files if p.startswith(KERNELS) and p.endswith(".c")))
+
+
+def _include_dirs(files: Iterable[str]) -> tuple[str, ...]:
     """The project dir, kernels/include, then each variant directory (the order -I flags take)."""
     dirs = {os.path.dirname(p) for p in files if p.startswith(KERNELS)}
     return (".", *sorted(dirs, key=lambda d: (not d.endswith("include"), d)))
@@ -126,9 +135,8 @@ def _layer_outputs(program: ModelProgram) -> list[tuple[int, int, Pointer]]:
 def render_project(program: ModelProgram, variants: Sequence[str] = DEFAULT_VARIANTS) -> dict[str, bytes]:
     """Every file of the project as relative path -> bytes (nothing is written)."""
     files = _kernel_files(program.kernel_families, variants)
-    sources = ("model.c", *sorted(p for p in files if p.endswith(".c")))
+    sources = _library_sources(files)
     include_dirs = _include_dirs(files)
-    headers = sorted(p for p in files if p.endswith(".h"))
     ctx: dict[str, Any] = {
         "program": program,
         "model_name": program.name,
@@ -140,7 +148,6 @@ def render_project(program: ModelProgram, variants: Sequence[str] = DEFAULT_VARI
         "layer_outputs": _layer_outputs(program),
         "sources": sources,
         "include_dirs": include_dirs,
-        "headers": headers,
     }
     for name, template in (
         ("model.h", "model.h.j2"),
@@ -189,7 +196,7 @@ def generate_project(
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_bytes() != data:
             path.write_bytes(data)
-    sources = tuple(p for p in files if p.endswith(".c") and p != "bf_host_main.c")
+    sources = _library_sources(files)
     include_dirs = _include_dirs(files)
     log.info("generated %d files for %s in %s", len(files), graph.name, out)
     return GeneratedProject(out, tuple(files), sources, include_dirs, program, tuple(variants))

@@ -44,7 +44,7 @@ IMAGE_SECTIONS = {
     "params_bytes": (".bf_params",),
     "code_bytes": (".bf_code",),
     "arena_bytes": (".bf_arena",),
-    "state_bytes": (".bf_state",),
+    "state_bytes": (".bf_state", ".bf_state_bss"),
 }
 
 # model.c's own machine code per ISA family: bytes = fixed + per_arg × kernel arguments (params

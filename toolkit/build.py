@@ -19,14 +19,29 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from firmware_gen.image import generate_image, supports_image
 from firmware_gen.program import IOSpec, ModelProgram
 from firmware_gen.project import GeneratedProject
-from targets.toolchains import SANITIZE_FLAGS, Toolchain, compile_objects, host_toolchain, run_tool
+from firmware_gen.sizes import SizeReport, measure_image, measure_objects, predict
+from targets.toolchains import (
+    HOST,
+    SANITIZE_FLAGS,
+    Toolchain,
+    compile_objects,
+    host_toolchain,
+    run_tool,
+    toolchain_for,
+)
 from toolkit.errors import BuildError
+
+if TYPE_CHECKING:
+    from toolkit.boards import Board
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +63,7 @@ def _digest(objects: Sequence[Path], tc: Toolchain, flags: Sequence[str]) -> str
 
 
 def _host_flags(sanitize: bool) -> tuple[str, ...]:
-    return (*SANITIZE_FLAGS, "-g", "-DBF_EXACT_LENGTHS") if sanitize else ()
+    return (*SANITIZE_FLAGS, "-g", "-DBF_SANITIZE") if sanitize else ()
 
 
 def _objects(
@@ -190,3 +205,89 @@ def run_host_executable(
             pos += s.nbytes
         results.append(outs)
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Builds for a board (or the host) with a size report.
+
+
+@dataclass(frozen=True)
+class BoardBuild:
+    """The result of :func:`build_for_board`: what was built and how big the model is."""
+
+    target: str
+    toolchain: Toolchain
+    report: SizeReport
+    artifact: Path  # shared library (host), ELF image (Cortex-M) or executable / archive
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {"artifact": str(self.artifact), "toolchain": self.toolchain.describe()}
+        return {**doc, **self.report.to_json()}
+
+
+def _kernel_paths(project: GeneratedProject) -> tuple[list[Path], list[Path]]:
+    kernels = [project.path(s) for s in project.sources if s != "model.c"]
+    return kernels, [project.path(d) for d in project.include_dirs]
+
+
+def _archive(tc: Toolchain, objects: Sequence[Path], out_dir: Path) -> Path:
+    """``libbf_model.a`` (the name the image's linker script selects the model's code by)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    archive = out_dir / "libbf_model.a"
+    if archive.exists():
+        archive.unlink()
+    run_tool([tc.tool("ar"), "rcs", str(archive), *map(str, objects)])
+    return archive
+
+
+def build_image(project: GeneratedProject, board: Board, *, toolchain: Toolchain | None = None) -> Path:
+    """Cross-compile the model library and link the minimal image for a Cortex-M ``board``.
+
+    The image exits the emulator through semihosting when the board's emulator enables it
+    (``BF_SEMIHOSTING``); on a real board it stops in a loop after one inference.
+    """
+    tc = toolchain or toolchain_for(board)
+    tc.require()
+    image = generate_image(project, board)
+    lib_objects = _objects(project, tc, project.sources, ())
+    defines = ("-DBF_SEMIHOSTING",) if board.emulator is not None and board.emulator.semihosting else ()
+    include = [project.path(d) for d in project.include_dirs]
+    boot = compile_objects(tc, [image.startup, image.main], include_dirs=include, extra=defines)
+    tag = _digest([*lib_objects, *boot], tc, (board.id, image.linker_script.read_text()))
+    out_dir = project.path(BUILD_DIR) / f"{board.id}-{tag}"
+    archive = _archive(tc, lib_objects, out_dir)
+    elf = out_dir / "image.elf"
+    if not elf.exists():
+        tmp = elf.with_name("image.elf.tmp")
+        extra = ("-nostartfiles", f"-T{image.linker_script}", f"-Wl,-Map={out_dir / 'image.map'}")
+        run_tool([*tc.compile_argv([*boot, archive], tmp, extra=extra), "-lm"])
+        tmp.replace(elf)
+    return elf
+
+
+def build_for_board(project: GeneratedProject, board: Board | None = None) -> BoardBuild:
+    """Compile ``project`` for ``board`` (``None``: this machine) and report its sizes.
+
+    Host: a shared library loadable by :class:`HostModel`; Cortex-M: the minimal image, measured
+    with ``size -A``; other boards (Linux, RISC-V …): the library objects, measured section by
+    section.  Predicted sizes are computed first and never depend on the model's own build; a
+    model over the board's flash or RAM budget raises DoesNotFit before anything is linked.
+    """
+    tc = toolchain_for(board)
+    tc.require()
+    kernels, include = _kernel_paths(project)
+    predicted, code = predict(project.program, tc, kernels, include)
+    target = "host" if board is None else board.id
+    if board is not None:
+        board.check_fit(predicted.flash_bytes, predicted.ram_bytes)
+    if board is not None and supports_image(board):
+        elf = build_image(project, board, toolchain=tc)
+        report = SizeReport(target, predicted, code, measure_image(tc, elf), "image")
+        return BoardBuild(target, tc, report, elf)
+    objects = _objects(project, tc, project.sources, ())
+    measured = measure_objects(objects[0], objects[1:], project.program.symbols)
+    if tc.kind == HOST:
+        artifact = build_host_library(project, toolchain=tc)
+    else:
+        artifact = _archive(tc, objects, project.path(BUILD_DIR) / f"{target}-{_digest(objects, tc, ())}")
+    return BoardBuild(target, tc, SizeReport(target, predicted, code, measured, "objects"), artifact)

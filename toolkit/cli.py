@@ -137,6 +137,68 @@ def _run_verify(model: Path, data: str | None, samples: int, layerwise: bool, se
     return verify(graph, raw, inputs, input_source=source, layerwise=layerwise)
 
 
+@app.command()
+def build(
+    model: ModelArg,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for the generated project.")],
+    board: Annotated[
+        str, typer.Option(help="A board id or board file, or 'host' for this machine.")
+    ] = "host",
+    strategy: Annotated[str, typer.Option(help="Arena planner: greedy or linear.")] = "greedy",
+    as_json: JsonFlag = False,
+) -> None:
+    """Generate the model's C project, compile it for a board and report flash and RAM."""
+    result, graph_hash, files = _guarded(lambda: _run_build(model, out_dir, board, strategy))
+    if as_json:
+        _emit_json(jsonout.build_doc(result, model, out_dir, files, graph_hash))
+    else:
+        tables.print_build(out, result, model, out_dir)
+
+
+def _run_build(
+    model: Path, out_dir: Path, board_name: str, strategy: str
+) -> tuple[Any, str, tuple[str, ...]]:
+    from firmware_gen.project import generate_project
+    from toolkit.boards import board_ids, load_board
+    from toolkit.build import build_for_board
+    from toolkit.model.tflite import read_tflite
+
+    board = None if board_name == "host" and "host" not in board_ids() else load_board(board_name)
+    graph = dataclasses.replace(read_tflite(model), name=Path(model).stem)
+    project = generate_project(graph, out_dir, board=board, strategy=strategy)
+    return build_for_board(project, board), project.model_hash, project.files
+
+
+@app.command()
+def compress(
+    model: ModelArg,
+    spec: Annotated[
+        Path, typer.Option("--spec", help="Per-layer compression spec (TOML, docs/compression.md).")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
+    data: Annotated[
+        str | None,
+        typer.Option(help="Data (digits[:split] or .npz with x, y): split into calibration and test halves "
+                     "unless --calib is given."),
+    ] = None,
+    calib: Annotated[
+        str | None, typer.Option(help="Calibration data; then all of --data is test data.")
+    ] = None,
+    export_tflite: Annotated[
+        bool, typer.Option("--export-tflite", help="Also write OUT/model.tflite (weights decoded to int8).")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compress a model's layers as a spec says; report bytes and accuracy; write OUT/."""
+    from toolkit.compress.pipeline import compress_model
+
+    report = _guarded(lambda: compress_model(model, spec, out_dir, data, calib, export_tflite))
+    if as_json:
+        _emit_json(jsonout.compress_doc(report, out_dir))
+    else:
+        tables.print_compress(out, report, out_dir)
+
+
 def main() -> None:
     app()
 

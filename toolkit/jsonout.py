@@ -12,12 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from toolkit.boards import Board
+    from toolkit.build import BoardBuild
+    from toolkit.compress.pipeline import CompressReport
     from toolkit.model.summary import GraphSummary
     from toolkit.verify import TensorComparison, VerifyReport
 
 INSPECT_SCHEMA = "boardfit.inspect/1"
 VERIFY_SCHEMA = "boardfit.verify/1"
 BOARDS_SCHEMA = "boardfit.boards/1"
+COMPRESS_SCHEMA = "boardfit.compress/1"
+BUILD_SCHEMA = "boardfit.build/1"
 
 
 def _spec(name: str, shape: Sequence[int], dtype: str) -> dict[str, Any]:
@@ -92,3 +96,63 @@ def verify_doc(r: VerifyReport, path: Path) -> dict[str, Any]:
 
 def boards_doc(boards: Sequence[Board]) -> dict[str, Any]:
     return {"schema": BOARDS_SCHEMA, "boards": [b.to_json() for b in boards]}
+
+
+def build_doc(
+    b: BoardBuild, path: Path, out_dir: Path, files: Sequence[str], model_hash: str
+) -> dict[str, Any]:
+    return {
+        "schema": BUILD_SCHEMA,
+        "model": str(path),
+        "model_hash": model_hash,
+        "board": b.target,
+        "out_dir": str(out_dir),
+        "files": list(files),
+        **b.to_json(),
+    }
+
+
+def compress_doc(r: CompressReport, out_dir: Path) -> dict[str, Any]:
+    """The compressed-model record: also written to OUT/compressed.json."""
+    return {
+        "schema": COMPRESS_SCHEMA,
+        "model": r.model,
+        "float_model": r.float_model,
+        "out_dir": str(out_dir),
+        "calibration": r.calibration,
+        "test": r.test,
+        "test_samples": r.test_samples,
+        "layers": [
+            {
+                "op_index": layer.op_index,
+                "name": layer.name,
+                "op": layer.opcode,
+                "method": layer.setting.method,
+                "setting": dict(layer.setting.params),
+                "label": layer.setting.label,
+                "kernel": layer.kernel,
+                "bytes_before": layer.bytes_before,
+                "bytes_after": layer.bytes_after,
+                "exportable": layer.exportable,
+            }
+            for layer in r.layers
+        ],
+        "totals": {
+            "layers": len(r.layers),
+            "bytes_before": r.bytes_before,
+            "bytes_after": r.bytes_after,
+            "ratio": r.bytes_before / r.bytes_after if r.bytes_after else None,
+        },
+        "accuracy": {
+            "float": r.accuracy_float,
+            "int8": r.accuracy_int8,
+            "compressed": r.accuracy_compressed,
+            "exported": r.accuracy_exported,
+        },
+        "export": None if r.export_path is None else {
+            "path": r.export_path,
+            "exact": not r.not_exportable,
+            "not_exportable": list(r.not_exportable),
+            "identical_outputs": r.export_identical_outputs,
+        },
+    }

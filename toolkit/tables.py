@@ -11,6 +11,8 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from toolkit.boards import Board
+    from toolkit.build import BoardBuild
+    from toolkit.compress.pipeline import CompressReport
     from toolkit.model.summary import GraphSummary
     from toolkit.verify import TensorComparison, VerifyReport
 
@@ -102,3 +104,54 @@ def print_verify(console: Console, r: VerifyReport, path: Path) -> None:
             console.print(f"[red]first diverging layer:[/] #{d.op_index} {d.opcode} "
                           f"(tensor {d.comparison.name}, {d.comparison.mismatched} elements differ)")
     console.print("[green]OK[/]" if r.ok else "[red]MISMATCH[/]")
+
+
+def print_build(console: Console, b: BoardBuild, path: Path, out_dir: Path) -> None:
+    r = b.report
+    t = Table(title=f"{path.name} for {b.target}: {out_dir}", title_justify="left")
+    t.add_column("")
+    t.add_column("predicted", justify="right")
+    t.add_column(f"measured ({r.measured_from})" if r.measured else "measured", justify="right")
+    measured = r.measured.to_json() if r.measured else {}
+    for key, value in r.predicted.to_json().items():
+        got = measured.get(key)
+        t.add_row(key.removesuffix("_bytes"), f"{value:,}", "" if got is None else f"{got:,}")
+    console.print(t)
+    console.print(f"built {b.artifact}")
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.2f} %"
+
+
+def print_compress(console: Console, r: CompressReport, out_dir: Path) -> None:
+    from rich.markup import escape
+
+    t = Table(title=escape(f"{Path(r.model).name} compressed: {out_dir}"), title_justify="left")
+    for col in ("#", "layer", "op", "method", "setting", "kernel", "bytes before", "bytes after", "ratio"):
+        t.add_column(col, justify="right" if col in ("#", "bytes before", "bytes after", "ratio") else "left")
+    for layer in r.layers:
+        params = ", ".join(f"{k}={v}" for k, v in layer.setting.params) or "—"
+        ratio = layer.bytes_before / layer.bytes_after if layer.bytes_after else 0.0
+        t.add_row(str(layer.op_index), escape(layer.name), layer.opcode, layer.setting.method, escape(params),
+                  layer.kernel,
+                  f"{layer.bytes_before:,}", f"{layer.bytes_after:,}", f"{ratio:.2f}×")
+    ratio = r.bytes_before / r.bytes_after if r.bytes_after else 0.0
+    t.add_row("", "total", "", "", "", "", f"{r.bytes_before:,}", f"{r.bytes_after:,}", f"{ratio:.2f}×")
+    console.print(t)
+    if r.test_samples:
+        a = Table(title=escape(f"accuracy on {r.test_samples} held-out samples ({r.test})"),
+                  title_justify="left")
+        for col in ("float", "int8 original", "compressed (host simulation)",
+                    "exported .tflite (interpreter)"):
+            a.add_column(col, justify="right")
+        a.add_row(_pct(r.accuracy_float), _pct(r.accuracy_int8), _pct(r.accuracy_compressed),
+                  _pct(r.accuracy_exported))
+        console.print(a)
+    console.print(escape(f"calibration: {r.calibration or 'none (no accuracy recovery)'}"))
+    if r.export_path is not None:
+        kept = escape(", ".join(r.not_exportable))
+        exact = "exact" if not r.not_exportable else f"NOT exact: {kept} kept as in the original"
+        share = r.export_identical_outputs
+        same = "" if share is None else f"; outputs identical to the simulation on {100 * share:.1f} %"
+        console.print(f"exported {escape(r.export_path)} ({exact}{same})")
