@@ -7,5 +7,6 @@ from toolkit.compress import (  # noqa: F401
     binary,
     int8,
     kmeans,
+    prune,
     uniform,
 )
