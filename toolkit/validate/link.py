@@ -57,7 +57,7 @@ class DeviceResetError(ProtocolError):
 _REDO_ERRORS = frozenset({p.ErrorCode.SESSION, p.ErrorCode.INPUT_CRC, p.ErrorCode.NO_OUTPUT})
 
 
-_POLL = 0.02  # seconds a read may block
+_POLL = 0.01  # seconds a read may block
 _MIN_CHUNK = 64  # smallest frame payload the link shrinks tensor chunks to
 _CLEAN_RUN = 8  # requests without retransmission before the chunk size doubles again
 
@@ -189,15 +189,13 @@ class DeviceLink:
             raise ProtocolError(f"reading from the serial link failed: {e}") from e
 
     def _await(self, seq: int, timeout: float, seen: list[str]) -> p.Frame | None:
-        """The reply with ``seq``, or None when the request should be sent again (timeout,
-        corrupted reply, or the device reporting a corrupted request).  ``seen`` collects a
-        description of every unusable frame, for the error message."""
+        """The reply with ``seq``, or None when the request should be sent again: on timeout,
+        on a corrupted reply, or when the device reports a corrupted request.  Retransmitting
+        at once (not after a quiet period) is what keeps a noisy link fast: the device answers
+        a duplicate from its reply cache, and a late duplicate reply is dropped by its seq.
+        ``seen`` collects a description of every unusable frame, for the error message."""
         deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                seen.append(f"timeout after {timeout:.2f} s")
-                return None
+        while time.monotonic() < deadline:
             for item in self._decoder.feed(self._read_some()):
                 if isinstance(item, p.FrameError):
                     self.stats.corrupted_replies += 1
@@ -212,9 +210,16 @@ class DeviceLink:
                         seen.append(f"device received a corrupted frame ({err.describe()})")
                         return None
                 self.stats.stale_replies += 1
+        seen.append(f"timeout after {timeout:.2f} s")
+        return None
 
     def request(
-        self, command: p.Command, payload: bytes = b"", *, timeout: float | None = None, session: bool = True
+        self,
+        command: p.Command | int,
+        payload: bytes = b"",
+        *,
+        timeout: float | None = None,
+        session: bool = True,
     ) -> p.Frame:
         """Sends one request until a reply with its seq arrives and returns the reply.
 
@@ -223,6 +228,7 @@ class DeviceLink:
         :class:`DeviceResetError` when the device lost the session, :class:`LinkTimeout` after
         ``retries`` retransmissions.  The typed methods below are built on it; it is public for
         diagnostics and tests."""
+        name = p.command_name(int(command))
         request = p.Frame(int(command), self._next_seq(), self.session, payload)
         wire = request.to_wire()
         wait = (self.timeout if timeout is None else timeout) + (len(wire) + 64) / self.bytes_per_second
@@ -233,32 +239,34 @@ class DeviceLink:
             if attempt:
                 self.stats.retransmissions += 1
                 self._adapt_chunks(clean=False)
-                log.debug("%s seq %d: retransmission %d (%s)", command.name, request.seq, attempt, seen[-1])
+                log.debug("%s seq %d: retransmission %d (%s)", name, request.seq, attempt, seen[-1])
             self._write(wire)
             reply = self._await(request.seq, wait, seen)
             if reply is not None:
                 return self._check_reply(command, request, reply, session)
         raise LinkTimeout(
-            f"{command.name} (seq {request.seq}): no valid reply after {self.retries + 1} attempts "
+            f"{name} (seq {request.seq}): no valid reply after {self.retries + 1} attempts "
             f"({self.retries} retransmissions); received: {'; '.join(seen[-4:])}"
         )
 
-    def _check_reply(self, command: p.Command, request: p.Frame, reply: p.Frame, session: bool) -> p.Frame:
+    def _check_reply(
+        self, command: p.Command | int, request: p.Frame, reply: p.Frame, session: bool
+    ) -> p.Frame:
+        name = p.command_name(int(command))
         if reply.is_error:
             err = p.ErrorReply.unpack(reply.payload)
-            text = f"device refused {command.name} (seq {request.seq}): {err.describe()}"
+            text = f"device refused {name} (seq {request.seq}): {err.describe()}"
             if err.error == p.ErrorCode.SESSION:
                 raise DeviceResetError(f"{text}; device session 0x{reply.session:08x}")
             raise DeviceError(text, err)
         if reply.code != int(command) | p.RSP_FLAG:
             raise ProtocolError(
-                f"{command.name} (seq {request.seq}): reply code {p.command_name(reply.code)} "
+                f"{name} (seq {request.seq}): reply code {p.command_name(reply.code)} "
                 f"(0x{reply.code:02x}), expected 0x{int(command) | p.RSP_FLAG:02x}"
             )
         if session and reply.session != self.session:
             raise DeviceResetError(
-                f"{command.name}: device session 0x{reply.session:08x} != 0x{self.session:08x} "
-                "(the device was reset)"
+                f"{name}: device session 0x{reply.session:08x} != 0x{self.session:08x} (the device was reset)"
             )
         return reply
 
