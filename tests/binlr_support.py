@@ -19,6 +19,7 @@ ones).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import subprocess
 import tempfile
@@ -28,11 +29,15 @@ from pathlib import Path
 import cffi
 import kernel_harness as kh
 import numpy as np
+from opgen import GraphBuilder, QuantParams, bias_quant, quant_from_range, rand_per_channel
 
+from firmware_gen.lower import KernelCall
 from toolkit.compress.base import Calibration, CompressedLayer, LayerRef, Setting
 from toolkit.compress.model import batched_graph, match_float_weights
 from toolkit.compress.registry import get_method
-from toolkit.model.ir import Graph
+from toolkit.model.ir import Activation, Conv2DOptions, FullyConnectedOptions, Graph, Padding
+from toolkit.oracle import Oracle
+from toolkit.oracle.padding import out_size
 from toolkit.oracle.registry import KERNELS, OpContext
 
 _LIBS: dict[tuple[str, ...], kh.KernelLibrary] = {}
@@ -141,3 +146,84 @@ def accuracy(graph: Graph, x: np.ndarray, y: np.ndarray, layers: Mapping[int, Co
     """Top-1 accuracy in percent of the graph's first output."""
     out = run_model(graph, x, {k: v.forward for k, v in layers.items()})[graph.outputs[0]]
     return float(100.0 * np.mean(out.reshape(len(x), -1).argmax(axis=1) == y))
+
+
+# ---------------------------------------------------------------------------------------------
+# Single-op layers and their checks (shared by the binary and low-rank tests).
+
+MODELS = Path(__file__).resolve().parent.parent / "examples" / "models"
+
+
+def _quant_input(rng: np.random.Generator, relu: bool) -> tuple[float, int]:
+    if relu:  # the output of a ReLU: zero point at the bottom of the range
+        return float(np.float32(rng.uniform(0.005, 0.05))), -128
+    q = quant_from_range(-rng.uniform(0.5, 2.0), rng.uniform(0.5, 2.0))
+    return q.scale[0], q.zero_point[0]
+
+
+def layer_graph(rng: np.random.Generator, opcode: str, x_shape: tuple[int, ...], units: int,
+                 kernel: tuple[int, int] = (1, 1), stride: tuple[int, int] = (1, 1),
+                 dilation: tuple[int, int] = (1, 1), padding: Padding = Padding.SAME,
+                 act: Activation = Activation.NONE, relu_input: bool = False) -> Graph:
+    """An int8 conv or dense layer whose output quantization fits its real outputs."""
+    s_in, zp_in = _quant_input(rng, relu_input)
+    c = x_shape[-1]
+    w_shape = (units, *kernel, c) if opcode == "CONV_2D" else (units, c)
+    wq = rand_per_channel(rng, units, scale_range=(2e-3, 2e-2))
+    w = np.clip(np.rint(rng.normal(0, 45, size=w_shape)), -127, 127).astype(np.int8)
+    in_q = QuantParams((s_in,), (zp_in,))
+    bias = rng.integers(-3000, 3000, size=units).astype(np.int32)
+    # Output range from the real outputs of random inputs (the scale a converter would pick).
+    scale_w = np.asarray(wq.scale).reshape((-1,) + (1,) * (len(w_shape) - 1))
+    fan = np.sqrt(np.prod(w_shape[1:])) * 70 * s_in
+    spread = float(np.max(np.abs(w * scale_w).sum(axis=tuple(range(1, len(w_shape))))) / 4 + fan * 0.01)
+    lo = 0.0 if act is Activation.RELU else -spread
+    out_q = quant_from_range(lo, spread)
+    b = GraphBuilder(opcode.lower())
+    x = b.input(x_shape, "int8", quant=in_q)
+    wt = b.const(w, quant=wq)
+    bt = b.const(bias, quant=bias_quant(in_q, wq))
+    if opcode == "CONV_2D":
+        oh = out_size(padding, x_shape[1], kernel[0], stride[0], dilation[0])
+        ow = out_size(padding, x_shape[2], kernel[1], stride[1], dilation[1])
+        y = b.output((x_shape[0], oh, ow, units), "int8", quant=out_q)
+        b.op("CONV_2D", [x, wt, bt], [y], Conv2DOptions(padding, *stride, *dilation, act))
+    else:
+        y = b.output((x_shape[0], units), "int8", quant=out_q)
+        b.op("FULLY_CONNECTED", [x, wt, bt], [y], FullyConnectedOptions(act))
+    return b.build()
+
+
+def conv_case(x_shape: tuple[int, ...], units: int, **kw: object) -> Callable[[np.random.Generator], Graph]:
+    return lambda rng: layer_graph(rng, "CONV_2D", x_shape, units, **kw)  # type: ignore[arg-type]
+
+
+def fc_case(x_shape: tuple[int, ...], units: int, **kw: object) -> Callable[[np.random.Generator], Graph]:
+    return lambda rng: layer_graph(rng, "FULLY_CONNECTED", x_shape, units, **kw)  # type: ignore[arg-type]
+
+
+def float_accuracy(model: str) -> float:
+    """The float model's test accuracy in percent as examples/models/models.json records it
+    (measured with the TFLite interpreter)."""
+    doc = json.loads((MODELS / "models.json").read_text())
+    (entry,) = [m for m in doc["models"] if m["name"] == model]
+    return 100.0 * float(entry["files"]["float"]["test_accuracy"])
+
+
+def calibration(graph: Graph, rng: np.random.Generator, n: int = 12) -> Calibration:
+    x = graph.tensors[graph.inputs[0]]
+    xs = rng.integers(-128, 128, size=(n, *x.shape[1:])).astype(np.int8)
+    ref = np.concatenate([Oracle(graph).run([xs[i:i + x.shape[0]].reshape(x.shape)]).outputs[0]
+                          for i in range(0, n - x.shape[0] + 1, x.shape[0])])
+    return Calibration(xs, ref)
+
+
+def check_kernel(lib: kh.KernelLibrary, graph: Graph, layer_fwd: Callable[[np.ndarray], np.ndarray],
+                  call: KernelCall, x: np.ndarray) -> None:
+    tin, tout = graph.inputs[0], graph.outputs[0]
+    expected = layer_fwd(x)
+    got = lib.call(call, graph, {tin: x})[tout]
+    assert got.shape == graph.tensors[tout].shape
+    np.testing.assert_array_equal(got, expected.reshape(got.shape))
+
+

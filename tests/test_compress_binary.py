@@ -11,33 +11,38 @@ ASan/UBSan, where a signed overflow in a kernel aborts.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import kernel_harness as kh
 import numpy as np
 import pytest
-from binlr_support import accuracy, compress_model, format_library
-from opgen import GraphBuilder, bias_quant, quant_from_range, rand_per_channel
+from binlr_support import (
+    MODELS,
+    accuracy,
+    calibration,
+    check_kernel,
+    compress_model,
+    conv_case,
+    fc_case,
+    float_accuracy,
+    format_library,
+    run_model,
+)
 
 from toolkit.compress import binary
 from toolkit.compress.base import Calibration, LayerRef, Setting, call_flash_bytes
 from toolkit.compress.registry import get_method
 from toolkit.datasets import load_dataset
 from toolkit.errors import CompressionError
-from toolkit.model.ir import Activation, Conv2DOptions, FullyConnectedOptions, Graph, Padding
+from toolkit.model.ir import Activation, Graph, Padding
 from toolkit.model.tflite import load_model
-from toolkit.oracle import Oracle
-from toolkit.oracle.padding import out_size
 
 _DELEGATED = kh.sanitize_requested() and not kh.asan_loaded()
 in_process = pytest.mark.skipif(_DELEGATED, reason="runs in the sanitized child process")
 
-MODELS = Path(__file__).resolve().parent.parent / "examples" / "models"
 _POPCOUNT_SHIM = (
     '#include <stdint.h>\n#include "bf_popcount.h"\n'
     "int32_t bft_popcount_portable(uint32_t x) { return bf_popcount32_portable(x); }\n"
@@ -59,107 +64,32 @@ def lib(request: pytest.FixtureRequest) -> kh.KernelLibrary:
 # Single-op layers.
 
 
-def _quant_input(rng: np.random.Generator, relu: bool) -> tuple[float, int]:
-    if relu:  # the output of a ReLU: zero point at the bottom of the range
-        return float(np.float32(rng.uniform(0.005, 0.05))), -128
-    q = quant_from_range(-rng.uniform(0.5, 2.0), rng.uniform(0.5, 2.0))
-    return q.scale[0], q.zero_point[0]
-
-
-def _layer_graph(rng: np.random.Generator, opcode: str, x_shape: tuple[int, ...], units: int,
-                 kernel: tuple[int, int] = (1, 1), stride: tuple[int, int] = (1, 1),
-                 dilation: tuple[int, int] = (1, 1), padding: Padding = Padding.SAME,
-                 act: Activation = Activation.NONE, relu_input: bool = False) -> Graph:
-    """An int8 conv or dense layer whose output quantization fits its real outputs."""
-    from opgen import QuantParams
-
-    s_in, zp_in = _quant_input(rng, relu_input)
-    c = x_shape[-1]
-    w_shape = (units, *kernel, c) if opcode == "CONV_2D" else (units, c)
-    wq = rand_per_channel(rng, units, scale_range=(2e-3, 2e-2))
-    w = np.clip(np.rint(rng.normal(0, 45, size=w_shape)), -127, 127).astype(np.int8)
-    in_q = QuantParams((s_in,), (zp_in,))
-    bias = rng.integers(-3000, 3000, size=units).astype(np.int32)
-    # Output range from the real outputs of random inputs (the scale a converter would pick).
-    scale_w = np.asarray(wq.scale).reshape((-1,) + (1,) * (len(w_shape) - 1))
-    fan = np.sqrt(np.prod(w_shape[1:])) * 70 * s_in
-    spread = float(np.max(np.abs(w * scale_w).sum(axis=tuple(range(1, len(w_shape))))) / 4 + fan * 0.01)
-    lo = 0.0 if act is Activation.RELU else -spread
-    out_q = quant_from_range(lo, spread)
-    b = GraphBuilder(opcode.lower())
-    x = b.input(x_shape, "int8", quant=in_q)
-    wt = b.const(w, quant=wq)
-    bt = b.const(bias, quant=bias_quant(in_q, wq))
-    if opcode == "CONV_2D":
-        oh = out_size(padding, x_shape[1], kernel[0], stride[0], dilation[0])
-        ow = out_size(padding, x_shape[2], kernel[1], stride[1], dilation[1])
-        y = b.output((x_shape[0], oh, ow, units), "int8", quant=out_q)
-        b.op("CONV_2D", [x, wt, bt], [y], Conv2DOptions(padding, *stride, *dilation, act))
-    else:
-        y = b.output((x_shape[0], units), "int8", quant=out_q)
-        b.op("FULLY_CONNECTED", [x, wt, bt], [y], FullyConnectedOptions(act))
-    return b.build()
-
-
 @dataclass(frozen=True)
 class Case:
     id: str
     build: Callable[[np.random.Generator], Graph]
 
 
-def _conv(x_shape: tuple[int, ...], units: int, **kw: object) -> Callable[[np.random.Generator], Graph]:
-    return lambda rng: _layer_graph(rng, "CONV_2D", x_shape, units, **kw)  # type: ignore[arg-type]
-
-
-def _fc(x_shape: tuple[int, ...], units: int, **kw: object) -> Callable[[np.random.Generator], Graph]:
-    return lambda rng: _layer_graph(rng, "FULLY_CONNECTED", x_shape, units, **kw)  # type: ignore[arg-type]
-
-
 CASES = [
-    Case("fc_37x11", _fc((1, 37), 11)),
-    Case("fc_rows3_70x5_relu", _fc((3, 70), 5, act=Activation.RELU, relu_input=True)),
-    Case("fc_32x7", _fc((1, 32), 7)),
-    Case("conv3_same_5x7x33", _conv((1, 5, 7, 33), 6, kernel=(3, 3))),
-    Case("conv3_s2_same_b2_7x5x40_relu", _conv((2, 7, 5, 40), 5, kernel=(3, 3), stride=(2, 2),
+    Case("fc_37x11", fc_case((1, 37), 11)),
+    Case("fc_rows3_70x5_relu", fc_case((3, 70), 5, act=Activation.RELU, relu_input=True)),
+    Case("fc_32x7", fc_case((1, 32), 7)),
+    Case("conv3_same_5x7x33", conv_case((1, 5, 7, 33), 6, kernel=(3, 3))),
+    Case("conv3_s2_same_b2_7x5x40_relu", conv_case((2, 7, 5, 40), 5, kernel=(3, 3), stride=(2, 2),
                                                act=Activation.RELU, relu_input=True)),
-    Case("conv2x3_s21_valid_6x9x5", _conv((1, 6, 9, 5), 4, kernel=(2, 3), stride=(2, 1),
+    Case("conv2x3_s21_valid_6x9x5", conv_case((1, 6, 9, 5), 4, kernel=(2, 3), stride=(2, 1),
                                           padding=Padding.VALID)),
-    Case("conv1_valid_7x7x70", _conv((1, 7, 7, 70), 9, padding=Padding.VALID)),
-    Case("conv3_dil2_same_9x8x3", _conv((1, 9, 8, 3), 4, kernel=(3, 3), dilation=(2, 2))),
-    Case("conv3_same_c1_5x5x1", _conv((1, 5, 5, 1), 3, kernel=(3, 3))),
+    Case("conv1_valid_7x7x70", conv_case((1, 7, 7, 70), 9, padding=Padding.VALID)),
+    Case("conv3_dil2_same_9x8x3", conv_case((1, 9, 8, 3), 4, kernel=(3, 3), dilation=(2, 2))),
+    Case("conv3_same_c1_5x5x1", conv_case((1, 5, 5, 1), 3, kernel=(3, 3))),
 ]
 
 SETTINGS = [binary.binary_setting("bwn", k) for k in (1, 2, 3)] + [
     binary.binary_setting("xnor", k, a) for k, a in ((1, 1), (2, 2), (3, 3), (2, 1), (1, 3))]
 
 
-def float_accuracy(model: str) -> float:
-    """The float model's test accuracy in percent as examples/models/models.json records it
-    (measured with the TFLite interpreter)."""
-    doc = json.loads((MODELS / "models.json").read_text())
-    (entry,) = [m for m in doc["models"] if m["name"] == model]
-    return 100.0 * float(entry["files"]["float"]["test_accuracy"])
-
-
 def _layer(graph: Graph) -> LayerRef:
     return LayerRef(graph, graph.ops[0])
-
-
-def _calibration(graph: Graph, rng: np.random.Generator, n: int = 12) -> Calibration:
-    x = graph.tensors[graph.inputs[0]]
-    xs = rng.integers(-128, 128, size=(n, *x.shape[1:])).astype(np.int8)
-    ref = np.concatenate([Oracle(graph).run([xs[i:i + x.shape[0]].reshape(x.shape)]).outputs[0]
-                          for i in range(0, n - x.shape[0] + 1, x.shape[0])])
-    return Calibration(xs, ref)
-
-
-def _check_kernel(lib: kh.KernelLibrary, graph: Graph, layer_fwd: Callable[[np.ndarray], np.ndarray],
-                  call: object, x: np.ndarray) -> None:
-    tin, tout = graph.inputs[0], graph.outputs[0]
-    expected = layer_fwd(x)
-    got = lib.call(call, graph, {tin: x})[tout]  # type: ignore[arg-type]
-    assert got.shape == graph.tensors[tout].shape
-    np.testing.assert_array_equal(got, expected.reshape(got.shape))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,24 +104,24 @@ def test_forward_matches_kernel(lib: kh.KernelLibrary, case: Case, setting: Sett
     graph = case.build(rng)
     layer = _layer(graph)
     method = get_method("binary")
-    comp = method.apply(layer, setting, _calibration(graph, rng))
+    comp = method.apply(layer, setting, calibration(graph, rng))
     assert comp.option == method.option(layer, setting)
     assert comp.option.flash_bytes == call_flash_bytes(comp.call, graph)
     assert comp.option.kernel == comp.call.symbol
     assert comp.option.ram_bytes == comp.call.scratch_bytes == lib.scratch_bytes(comp.call)
     x_t = graph.tensors[graph.inputs[0]]
     for x in (rng.integers(-128, 128, size=x_t.shape), np.full(x_t.shape, -128), np.full(x_t.shape, 127)):
-        _check_kernel(lib, graph, comp.forward, comp.call, x.astype(np.int8))
+        check_kernel(lib, graph, comp.forward, comp.call, x.astype(np.int8))
 
 
 @in_process
 @pytest.mark.parametrize("mode", ["bwn", "xnor"])
 def test_without_calibration_matches_kernel(lib: kh.KernelLibrary, mode: str,
                                             rng: np.random.Generator) -> None:
-    graph = _conv((1, 6, 5, 35), 7, kernel=(3, 3), stride=(2, 2))(rng)
+    graph = conv_case((1, 6, 5, 35), 7, kernel=(3, 3), stride=(2, 2))(rng)
     comp = get_method("binary").apply(_layer(graph), binary.binary_setting(mode, 2), None)
     x = rng.integers(-128, 128, size=graph.tensors[graph.inputs[0]].shape).astype(np.int8)
-    _check_kernel(lib, graph, comp.forward, comp.call, x)
+    check_kernel(lib, graph, comp.forward, comp.call, x)
 
 
 @in_process
@@ -206,9 +136,9 @@ def test_popcount_variants_agree(rng: np.random.Generator) -> None:
         assert portable.lib.bft_popcount_portable(v) == want
         assert portable.lib.bft_popcount(v) == want
         assert builtin.lib.bft_popcount(v) == want
-    graph = _conv((1, 5, 7, 70), 6, kernel=(3, 3))(rng)
+    graph = conv_case((1, 5, 7, 70), 6, kernel=(3, 3))(rng)
     setting = binary.binary_setting("xnor", 3)
-    comp = get_method("binary").apply(_layer(graph), setting, _calibration(graph, rng))
+    comp = get_method("binary").apply(_layer(graph), setting, calibration(graph, rng))
     x = rng.integers(-128, 128, size=graph.tensors[graph.inputs[0]].shape).astype(np.int8)
     a = portable.call(comp.call, graph, {graph.inputs[0]: x})[graph.outputs[0]]
     b = builtin.call(comp.call, graph, {graph.inputs[0]: x})[graph.outputs[0]]
@@ -254,7 +184,7 @@ def test_packing_layout() -> None:
 
 
 def test_option_bytes_by_hand(rng: np.random.Generator) -> None:
-    graph = _conv((1, 5, 5, 40), 6, kernel=(3, 3))(rng)
+    graph = conv_case((1, 5, 5, 40), 6, kernel=(3, 3))(rng)
     m = get_method("binary")
     # 6 outputs x K planes x 9 taps x 2 words x 4 bytes; int16 coefficients; bias/mult/shift.
     bwn2 = m.option(_layer(graph), binary.binary_setting("bwn", 2))
@@ -269,7 +199,7 @@ def test_option_bytes_by_hand(rng: np.random.Generator) -> None:
 
 
 def test_bad_settings_are_refused(rng: np.random.Generator) -> None:
-    layer = _layer(_fc((1, 40), 3)(rng))
+    layer = _layer(fc_case((1, 40), 3)(rng))
     m = get_method("binary")
     for params in ({"mode": "ternary"}, {"order": 4}, {"mode": "bwn", "act_order": 2},
                    {"mode": "xnor", "act_order": 0}, {"bits": 2}, {"order": "2"}):
@@ -308,8 +238,6 @@ def test_horq_error_falls_with_the_order(rng: np.random.Generator) -> None:
 
 
 def _digits_layer(model: str, op_index: int) -> tuple[LayerRef, Calibration]:
-    from binlr_support import run_model
-
     g = load_model(MODELS / f"{model}_int8.tflite")
     calib = load_dataset("digits:calib", g).x
     op = g.ops[op_index]

@@ -7,6 +7,7 @@ from toolkit.compress import (  # noqa: F401
     binary,
     int8,
     kmeans,
+    lowrank,
     prune,
     uniform,
 )

@@ -603,5 +603,6 @@ void bf_mean_f32(const bf_mean_f32_params *params, const float *input, float *ou
 
 #endif /* BF_KERNELS_H */
 #include "bf_binary.h"
+#include "bf_lowrank.h"
 #include "bf_packed.h"
 #include "bf_sparse.h"
