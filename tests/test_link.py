@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
 import signal
+import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -312,6 +315,44 @@ def test_device_exits_cleanly_when_the_link_closes(exe_env: tuple[str, dict[str,
         lk.ping()
     run = dev.hang_up()
     assert run.returncode == 0 and not sanitizer_findings([run]), run.stderr  # leak check included
+
+
+def _tcp_bridge(path: str) -> tuple[int, threading.Event]:
+    """A TCP port bridged to the tty at ``path``, as QEMU's ``-serial tcp:…,server=on`` offers."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+        try:
+            while not stop.is_set():
+                for r in select.select([conn, fd], [], [], 0.02)[0]:
+                    if r is conn:
+                        data = conn.recv(4096)
+                        if not data:
+                            return
+                        os.write(fd, data)
+                    else:
+                        conn.sendall(os.read(fd, 4096))
+        finally:
+            os.close(fd)
+            conn.close()
+            server.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server.getsockname()[1], stop
+
+
+def test_socket_url(device: PtyDevice, rng: np.random.Generator) -> None:
+    port, stop = _tcp_bridge(device.path)
+    try:
+        with DeviceLink.open(f"socket://127.0.0.1:{port}", **{**FAST, "timeout": 1.0}) as lk:
+            a, b = sample(rng)
+            np.testing.assert_array_equal(lk.run([a, b]).outputs[0], expected(a, b))
+            assert lk.info().model_hash == MODEL_HASH
+    finally:
+        stop.set()
 
 
 def test_sync_gives_up_with_a_clear_error() -> None:
