@@ -34,62 +34,75 @@ static int8_t bf_sparse_out(const bf_sparse_requant *q, int32_t r, int32_t acc) 
     return (int8_t)bf_clamp_i32(v, q->act_min, q->act_max);
 }
 
+/* Refill the bit buffer so that it holds at least `width` (<= 16) bits: at most two bytes,
+ * never one that the stream does not need. */
+#define BF_REFILL(next, bits, avail, width)                                                  \
+    do {                                                                                     \
+        if ((avail) < (width)) {                                                             \
+            (bits) |= (uint32_t)(*(next)++) << (avail);                                      \
+            (avail) += 8;                                                                    \
+            if ((avail) < (width)) {                                                         \
+                (bits) |= (uint32_t)(*(next)++) << (avail);                                  \
+                (avail) += 8;                                                                \
+            }                                                                                \
+        }                                                                                    \
+    } while (0)
+
+/* One row's dot product: `count` entries from the reader over xr.  xp points one past the
+ * previous entry (xr at the row start), so an entry's gap is added before it is read. */
+static int32_t bf_sparse_dot(bf_bitreader *br, int32_t count, const bf_sparse_layout *L,
+                             const int8_t *xr, int32_t in_off) {
+    const int32_t k = L->index_bits;
+    const int32_t width = L->index_bits + L->value_bits;
+    const uint32_t kmask = (1u << k) - 1u;
+    const uint32_t bmask = (1u << L->value_bits) - 1u;
+    const int8_t *cb = L->codebook;
+    const uint8_t *next = br->next;
+    const int8_t *xp = xr;
+    uint32_t bits = br->bits;
+    int32_t avail = br->count;
+    int32_t acc = 0;
+    int32_t e;
+    if (cb != NULL) {
+        for (e = count; e > 0; --e) {
+            uint32_t f;
+            BF_REFILL(next, bits, avail, width);
+            f = bits;
+            bits >>= width;
+            avail -= width;
+            xp += f & kmask;
+            acc += (int32_t)cb[(f >> k) & bmask] * ((int32_t)*xp++ + in_off);
+        }
+    } else {
+        for (e = count; e > 0; --e) {
+            uint32_t f;
+            BF_REFILL(next, bits, avail, width);
+            f = bits;
+            bits >>= width;
+            avail -= width;
+            xp += f & kmask;
+            /* The code is the weight in 8-bit two's complement. */
+            acc += ((int32_t)(((f >> k) & 0xFFu) ^ 0x80u) - 128) * ((int32_t)*xp++ + in_off);
+        }
+    }
+    br->next = next;
+    br->bits = bits;
+    br->count = avail;
+    return acc;
+}
+
 /* Rows [r0, r1) of the plain stream `stream` (which starts at row r0) over input `x`; output
  * row r goes to out[r]. */
 static void bf_sparse_rows(const bf_sparse_layout *L, const bf_sparse_shape *S,
                            const bf_sparse_requant *q, const uint8_t *stream, int32_t r0,
                            int32_t r1, const int8_t *x, int8_t *out) {
-    const int32_t k = L->index_bits;
-    const int32_t width = L->index_bits + L->value_bits;
-    const uint32_t kmask = (1u << k) - 1u;
-    const uint32_t wmask = (1u << width) - 1u;
-    const int32_t in_off = q->input_offset;
-    const int8_t *cb = L->codebook;
     bf_bitreader br;
     int32_t r;
     bf_bitreader_init(&br, stream);
     for (r = r0; r < r1; ++r) {
         const int8_t *xr = x + (int64_t)(r / S->rows_per_segment) * S->row_length;
         const int32_t count = (int32_t)bf_bitreader_get(&br, L->count_bits);
-        /* Local copies of the reader keep the hot loop in registers. */
-        const uint8_t *next = br.next;
-        uint32_t bits = br.bits;
-        int32_t avail = br.count;
-        int32_t pos = -1;
-        int32_t acc = 0;
-        int32_t e;
-        if (cb != NULL) {
-            for (e = 0; e < count; ++e) {
-                uint32_t f;
-                while (avail < width) {
-                    bits |= (uint32_t)(*next++) << avail;
-                    avail += 8;
-                }
-                f = bits & wmask;
-                bits >>= width;
-                avail -= width;
-                pos += (int32_t)(f & kmask) + 1;
-                acc += (int32_t)cb[f >> k] * ((int32_t)xr[pos] + in_off);
-            }
-        } else {
-            for (e = 0; e < count; ++e) {
-                uint32_t f;
-                while (avail < width) {
-                    bits |= (uint32_t)(*next++) << avail;
-                    avail += 8;
-                }
-                f = bits & wmask;
-                bits >>= width;
-                avail -= width;
-                pos += (int32_t)(f & kmask) + 1;
-                /* The code is the weight in 8-bit two's complement. */
-                acc += ((int32_t)((f >> k) ^ 0x80u) - 128) * ((int32_t)xr[pos] + in_off);
-            }
-        }
-        br.next = next;
-        br.bits = bits;
-        br.count = avail;
-        out[r] = bf_sparse_out(q, r, acc);
+        out[r] = bf_sparse_out(q, r, bf_sparse_dot(&br, count, L, xr, q->input_offset));
     }
 }
 
