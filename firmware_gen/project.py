@@ -15,6 +15,7 @@ hash and :data:`GENERATOR_VERSION`.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import logging
 import os
@@ -27,6 +28,8 @@ from firmware_gen import cdecl
 from firmware_gen.arena import ArenaPlan
 from firmware_gen.program import DTYPE_CODES, ModelProgram, Pointer, build_program
 from firmware_gen.render import render
+from firmware_gen.sizes import CodeEstimate, Sizes, predict
+from targets.toolchains import toolchain_for
 from toolkit.errors import BuildError
 from toolkit.model.ir import Graph
 
@@ -52,6 +55,10 @@ class GeneratedProject:
     include_dirs: tuple[str, ...]
     program: ModelProgram
     variants: tuple[str, ...]
+    # Sizes predicted for the board (host when None) before the model is compiled; None when
+    # that board's toolchain is not installed (code bytes are measured per kernel with it).
+    predicted: Sizes | None = None
+    code: CodeEstimate | None = None
 
     @property
     def plan(self) -> ArenaPlan:
@@ -177,17 +184,17 @@ def generate_project(
     plan: ArenaPlan | None = None,
     variants: Sequence[str] = DEFAULT_VARIANTS,
     strategy: str = "greedy",
+    predict_sizes: bool = True,
 ) -> GeneratedProject:
     """Lower, plan, render and write the C project for ``graph`` into ``out_dir``.
 
     ``plan`` is a ready arena plan (default: :func:`~firmware_gen.arena.plan_arena` with
     ``strategy`` over the kernels' scratch and in-place needs).  ``variants`` lists kernel
-    variant directories in order of preference (``ref`` is the fallback).  ``board`` selects
-    the kernel variants its ISA can run once optimized variants exist; today every board uses
-    the portable ``ref`` kernels, so it only shapes the size report (see firmware_gen.sizes).
+    variant directories in order of preference (``ref`` is the fallback).  ``board`` (default:
+    this machine) is the target of the predicted sizes: its toolchain compiles each kernel once
+    (cached) to measure kernel code; weights, parameters, arena and state are exact without it.
     Files are written only when their bytes change, so an unchanged model keeps its build.
     """
-    del board  # the portable kernels run everywhere; variant choice by ISA comes with variants
     program = build_program(graph, arena=plan, strategy=strategy)
     files = render_project(program, variants)
     out = Path(out_dir)
@@ -199,4 +206,14 @@ def generate_project(
     sources = _library_sources(files)
     include_dirs = _include_dirs(files)
     log.info("generated %d files for %s in %s", len(files), graph.name, out)
-    return GeneratedProject(out, tuple(files), sources, include_dirs, program, tuple(variants))
+    project = GeneratedProject(out, tuple(files), sources, include_dirs, program, tuple(variants))
+    tc = toolchain_for(board)
+    if not predict_sizes or not tc.available():
+        return project
+    kernels = [out / s for s in sources if s != "model.c"]
+    try:
+        predicted, code = predict(program, tc, kernels, [out / d for d in include_dirs])
+    except BuildError as exc:  # a broken toolchain fails the build, not the generation
+        log.warning("no size prediction for %s: %s", tc.name, str(exc).splitlines()[0])
+        return project
+    return dataclasses.replace(project, predicted=predicted, code=code)

@@ -93,7 +93,10 @@ class Toolchain:
         extra: Sequence[str] = (),
     ) -> list[str]:
         """argv that compiles ``sources`` (``-c`` when ``compile_only``) into ``output``."""
-        argv = [self.cc, *WARNING_FLAGS, *self.opt, *SECTION_FLAGS, *self.cflags]
+        # GCC spec files (--specs=nano.specs, picolibc.specs) select the C library's headers as
+        # well as its libraries, so they apply when compiling too.
+        specs = [f for f in self.ldflags if f.startswith("--specs=")] if compile_only else []
+        argv = [self.cc, *WARNING_FLAGS, *self.opt, *SECTION_FLAGS, *self.cflags, *specs]
         argv += [f"-I{d}" for d in include_dirs]
         argv += [f"-D{d}" for d in defines]
         argv += list(extra)

@@ -207,7 +207,7 @@ class Projects:
     def get(self, key: str, make: Callable[[], Graph] | None = None) -> tuple[Graph, GeneratedProject]:
         if key not in self._cache:
             graph = (make or MAKERS[key])()
-            self._cache[key] = (graph, generate_project(graph, self.root / key))
+            self._cache[key] = (graph, generate_project(graph, self.root / key, predict_sizes=False))
         return self._cache[key]
 
     def prefetch(self, wanted: list[tuple[str, str]]) -> None:
@@ -482,6 +482,27 @@ def test_minimal_image_boots_in_qemu(projects: Projects) -> None:
         capture_output=True, timeout=60, check=False,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None or shutil.which("qemu-aarch64") is None,
+                    reason="no aarch64 cross compiler or qemu-aarch64")
+@pytest.mark.parametrize("name", ["digits_cnn_int8", "digits_stream_float"])
+def test_linux_board_build_matches_oracle_under_qemu_user(
+    projects: Projects, name: str, rng: np.random.Generator
+) -> None:
+    """The model built with a Raspberry Pi 4's toolchain, run as that CPU under qemu-user."""
+    board = load_board("rpi4")
+    assert board.emulator is not None and board.emulator.cpu
+    graph, project = projects.get(name)
+    result = build_for_board(project, board)
+    assert result.report.measured is not None
+    assert result.report.measured.weights_bytes == result.report.predicted.weights_bytes
+    steps = [_inputs(graph, rng) for _ in range(3)]
+    emulator = [board.emulator.binary, "-cpu", board.emulator.cpu]
+    got = run_host_executable(result.artifact, project.program, steps, emulator=emulator)
+    oracle = Oracle(graph)
+    for k, xs in enumerate(steps):
+        _compare(got[k], list(oracle.run(xs).outputs), f"{name} on {board.id} step {k}")
 
 
 # ---------------------------------------------------------------------------------------------

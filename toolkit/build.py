@@ -31,6 +31,7 @@ from firmware_gen.project import GeneratedProject
 from firmware_gen.sizes import SizeReport, measure_image, measure_objects, predict
 from targets.toolchains import (
     HOST,
+    LINUX,
     SANITIZE_FLAGS,
     Toolchain,
     compile_objects,
@@ -102,7 +103,8 @@ def build_host_library(
 def build_host_executable(
     project: GeneratedProject, *, toolchain: Toolchain | None = None, sanitize: bool = False
 ) -> Path:
-    """Link the host test driver with the model library; returns the executable's path."""
+    """Link the test driver (bf_host_main.c) with the model library for this machine, or for a
+    Linux board with its toolchain (static when its link flags say so); returns the path."""
     tc = toolchain or host_toolchain()
     tc.require()
     flags = _host_flags(sanitize)
@@ -174,10 +176,12 @@ def run_host_executable(
     steps: Sequence[Sequence[np.ndarray]],
     *,
     timeout: float = 120,
+    emulator: Sequence[str] = (),
 ) -> list[list[np.ndarray]]:
     """Run the test driver on ``steps`` (one list of inputs per invocation, state carried over
-    from step to step); returns the outputs of every step.  A crash or a sanitizer report raises
-    :class:`BuildError` with the program's stderr."""
+    from step to step); returns the outputs of every step.  ``emulator`` prefixes the command
+    (``["qemu-aarch64", "-cpu", "cortex-a72"]`` for a Linux board's executable).  A crash or a
+    sanitizer report raises :class:`BuildError` with the program's stderr."""
     with tempfile.TemporaryDirectory(prefix="bf-run-") as tmp:
         in_path, out_path = Path(tmp, "inputs.bin"), Path(tmp, "outputs.bin")
         in_path.write_bytes(
@@ -185,7 +189,7 @@ def run_host_executable(
         )
         env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0",
                "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
-        argv = [os.fspath(executable), str(in_path), str(out_path), str(len(steps))]
+        argv = [*emulator, os.fspath(executable), str(in_path), str(out_path), str(len(steps))]
         log.info("$ %s", " ".join(argv))
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, check=False)
         if proc.returncode != 0 or proc.stderr.strip():
@@ -269,9 +273,11 @@ def build_for_board(project: GeneratedProject, board: Board | None = None) -> Bo
     """Compile ``project`` for ``board`` (``None``: this machine) and report its sizes.
 
     Host: a shared library loadable by :class:`HostModel`; Cortex-M: the minimal image, measured
-    with ``size -A``; other boards (Linux, RISC-V …): the library objects, measured section by
-    section.  Predicted sizes are computed first and never depend on the model's own build; a
-    model over the board's flash or RAM budget raises DoesNotFit before anything is linked.
+    with ``size -A``; Linux boards: the test driver as an executable (static when the board's
+    link flags say so: run it with qemu-user); other boards (RISC-V …): the library archive.
+    Except for images, sizes are measured section by section on the compiled objects.
+    Predicted sizes are computed first and never depend on the model's own build; a model over
+    the board's flash or RAM budget raises DoesNotFit before anything is linked.
     """
     tc = toolchain_for(board)
     tc.require()
@@ -288,6 +294,8 @@ def build_for_board(project: GeneratedProject, board: Board | None = None) -> Bo
     measured = measure_objects(objects[0], objects[1:], project.program.symbols)
     if tc.kind == HOST:
         artifact = build_host_library(project, toolchain=tc)
+    elif tc.kind == LINUX:
+        artifact = build_host_executable(project, toolchain=tc)
     else:
         artifact = _archive(tc, objects, project.path(BUILD_DIR) / f"{target}-{_digest(objects, tc, ())}")
     return BoardBuild(target, tc, SizeReport(target, predicted, code, measured, "objects"), artifact)
