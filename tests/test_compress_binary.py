@@ -268,7 +268,7 @@ def test_scale_refit_lowers_calibration_error(mode: str, order: int) -> None:
     layer, calib = _digits_layer("digits_mlp", 1)
     fitted = _calib_mse(layer, binary.binary_setting(mode, order), calib)
     plain = _calib_mse(layer, Setting.of("binary", **dict(binary.binary_setting(mode, order).params),
-                                         refit=False), calib)
+                                         recover=False), calib)
     assert fitted < 0.8 * plain
 
 

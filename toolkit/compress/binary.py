@@ -66,7 +66,7 @@ _COEF_BUDGET = 2**30  # bound of sum |coef * term| per channel; the bias gets 2^
 _BIAS_BUDGET = 2**29
 _INT32_MAX = 2**31 - 1
 _PARAMS: dict[str, tuple[type, ...]] = {"mode": (str,), "order": (int,), "act_order": (int,),
-                                        "refit": (bool,)}
+                                        "recover": (bool,)}
 _ACT_LEVEL_SAMPLES = 1_000_000
 _ACT_LEVEL_ITERATIONS = 4
 
@@ -78,7 +78,7 @@ class BinarySpec:
     mode: str
     order: int
     act_order: int
-    refit: bool = True
+    recover: bool = True
 
     @property
     def terms(self) -> int:
@@ -108,7 +108,7 @@ class BinarySpec:
             act = order
         elif not 1 <= act <= MAX_ORDER:
             raise CompressionError(f"{NAME}: act_order must be 1 … {MAX_ORDER}, got {act}")
-        return BinarySpec(mode, order, act, bool(setting.get("refit", True)))
+        return BinarySpec(mode, order, act, bool(setting.get("recover", True)))
 
 
 def binary_setting(mode: str, order: int, act_order: int | None = None) -> Setting:
@@ -386,7 +386,7 @@ def build_tables(layer: LayerRef, spec: BinarySpec, calib: Calibration | None) -
         thresholds = levels.thresholds
     real, intercept = _initial_coefficients(lay, spec, alpha, levels)
     images = _fit_images(lay, spec, calib) if calib is not None else None
-    if images is not None and spec.refit:
+    if images is not None and spec.recover:
         feats = _fit_features(lay, spec, signs, thresholds, images)
         rows = cm.fit_rows(feats.shape[0])
         sol = cm.least_squares(feats[rows], _target(lay, images).reshape(-1, lay.geo.c_out)[rows])
@@ -395,7 +395,7 @@ def build_tables(layer: LayerRef, spec: BinarySpec, calib: Calibration | None) -
     bound = _term_bound(spec, lay.geo, lay.iq)
     coef, bias, delta = _integerize(real, intercept, bound)
     tables = _finish(lay, signs, coef, bias, delta, thresholds)
-    if images is not None and spec.refit:
+    if images is not None and spec.recover:
         tables = _bias_correction(lay, spec, tables, images, bound)
     if not _within_int32(tables.coef, tables.bias, bound):
         raise CompressionError(f"{layer.op.label}: binary coefficients exceed the int32 budget")

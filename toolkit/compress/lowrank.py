@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 NAME = "lowrank"
 SCHEMES = ("svd", "separable", "basis")
 _PARAMS: dict[str, tuple[type, ...]] = {"rank": (int,), "energy": (float, int), "scheme": (str,),
-                                        "refit": (bool,)}
+                                        "recover": (bool,)}
 _GRID = (1 / 16, 1 / 8, 1 / 4, 1 / 2)  # ranks the planner explores, as fractions of the maximum
 _INT32_MAX = 2**31 - 1
 _STD_RANGE = 4.0  # no calibration: the intermediate's range is mean ± 4 std of a uniform input
@@ -69,7 +69,7 @@ _STD_RANGE = 4.0  # no calibration: the intermediate's range is mean ± 4 std of
 class LowRankSpec:
     scheme: str
     rank: int
-    refit: bool = True
+    recover: bool = True
 
 
 def schemes_for(geo: cm.LayerGeometry) -> tuple[str, ...]:
@@ -117,7 +117,7 @@ def parse(layer: LayerRef, setting: Setting) -> LowRankSpec:
     if not 1 <= rank <= limit:
         raise CompressionError(f"{layer.op.label}: rank must be 1 … {limit} for scheme {scheme!r}, "
                                f"got {rank}")
-    return LowRankSpec(scheme, int(rank), bool(setting.get("refit", True)))
+    return LowRankSpec(scheme, int(rank), bool(setting.get("recover", True)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ def _real_factors(lay: _Layer, spec: LowRankSpec, images: np.ndarray | None) -> 
         first = (p[:, :r] * sv[:r]).T.reshape(r, kh, c)[:, :, None, :]
         second = qt[:r].reshape(r, o, kw).transpose(1, 2, 0)[:, None, :, :]
         return first, second
-    if images is not None and spec.refit:
+    if images is not None and spec.recover:
         basis = _response_basis(lay, m, images, r)
     else:
         basis = np.linalg.svd(m, full_matrices=False)[0][:, :r]
@@ -341,7 +341,7 @@ def build_factors(layer: LayerRef, spec: LowRankSpec, calib: Calibration | None)
     # second is in units y_real = sum(second * h_real); h_real = mid_scale * (mid_q - zp).
     second_real = second
     mid = target = None
-    if images is not None and spec.refit:
+    if images is not None and spec.recover:
         mid = stage1.run(images)
         target = _target(lay, images)
         second_real, bias_real = _refit_second(lay, mid, stage1, mid_scale, plan.win2, plan.kernel2,
