@@ -23,6 +23,7 @@ helpers); :attr:`CodeEstimate.external` names what the kernels need from there.
 from __future__ import annotations
 
 import logging
+import platform
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -107,7 +108,10 @@ class CodeEstimate:
 def isa_family(tc: Toolchain) -> str:
     """The instruction-set family that decides code-size constants and the data model."""
     if tc.kind == HOST:
-        return "x86_64" if sys.maxsize > 2**32 else "arm"
+        machine = platform.machine().lower()
+        if machine in ("x86_64", "amd64"):
+            return "x86_64"
+        return "aarch64" if machine in ("aarch64", "arm64") else "arm"
     m_profile = re.search(r"-m(\.|$)", tc.isa) is not None
     if tc.isa.startswith("armv") and (m_profile or "-mthumb" in tc.cflags):
         return "thumb"

@@ -647,3 +647,86 @@ def test_host_model_checks_inputs(projects: Projects) -> None:
     with pytest.raises(BuildError, match="takes 1 inputs"):
         model.run([])
     assert graph.input_tensors[0].dtype is DType.INT8
+
+
+def test_c_filters() -> None:
+    from firmware_gen.render import c_comment, c_float, c_ident, c_string
+
+    assert c_ident("conv2d/Relu;1") == "conv2d_Relu_1"
+    assert c_ident("3x") == "v_3x" and c_ident("int") == "v_int" and c_ident("__x__") == "x"
+    assert c_ident("") == "x"
+    assert c_int(127, "int8") == "127" and c_int(2**32 - 1, "uint32") == "4294967295u"
+    with pytest.raises(BuildError, match="does not fit int8"):
+        c_int(128, "int8")
+    with pytest.raises(BuildError, match="not an integer"):
+        c_int(1.5)
+    assert c_float(0.1) == "0x1.99999ap-4f" and c_float(-0.0) == "-0.0f"
+    assert c_float(float("inf")) == "INFINITY"
+    assert c_comment("a */ b\nc") == "a * / b c"
+    assert c_string('a"b\\n') == '"a\\"b\\\\n"'
+    text = c_array(np.arange(20, dtype=np.int8), per_line=8, indent=2)
+    lines = text.splitlines()
+    assert len(lines) == 3 and lines[0] == "  0, 1, 2, 3, 4, 5, 6, 7," and lines[2].endswith("19,")
+
+
+def test_params_layout_matches_the_compilers() -> None:
+    """cdecl's layout rules give cffi's (this machine's compiler's) size and alignment for every
+    kernel parameter struct; the ILP32 rules are checked against arm-none-eabi-gcc by the image
+    test above (bf_params equals the .bf_params section)."""
+    from firmware_gen import cdecl
+
+    ffi = cdecl.ffi()
+    structs = [n for n in ffi.list_types()[0] if cdecl.ctype(n).kind == "struct"]
+    assert len(structs) > 30
+    for name in structs:
+        assert cdecl.layout(cdecl.ctype(name), cdecl.LP64) == (ffi.sizeof(name), ffi.alignof(name)), name
+    conv = cdecl.ctype("bf_conv2d_s8_params")
+    assert cdecl.layout(conv, cdecl.ILP32) == (96, 4)
+
+
+def test_typed_values_refuse_wrong_params() -> None:
+    from firmware_gen import cdecl
+
+    t = cdecl.ctype("bf_softmax_s8_params")
+    ok = {"rows": 1, "depth": 10, "input_multiplier": 5, "input_left_shift": 3, "diff_min": -9}
+    assert isinstance(cdecl.typed_value(t, ok, "p", lambda path, v: "x"), cdecl.CStruct)
+    with pytest.raises(BuildError, match="missing"):
+        cdecl.typed_value(t, {k: v for k, v in ok.items() if k != "rows"}, "p", lambda path, v: "x")
+    with pytest.raises(BuildError, match="does not fit"):
+        cdecl.typed_value(t, {**ok, "rows": 2**31}, "p", lambda path, v: "x")
+
+
+def test_elf_reachability_follows_calls_and_tables(tmp_path: Path) -> None:
+    """Code accounting follows relocations as --gc-sections does: a used function brings its
+    static helper and table, an unused one costs nothing."""
+    from firmware_gen.elf import ObjectFile
+
+    src = tmp_path / "k.c"
+    src.write_text(
+        "static const int table[64] = {1, 2, 3};\n"
+        "__attribute__((noinline)) static int helper(int x) { return table[x & 63] * x; }\n"
+        "int used(int x);\nint unused(int x);\n"
+        "int used(int x) { return helper(x) + 1; }\n"
+        "int unused(int x) { return x * 3; }\n"
+    )
+    obj = compile_object(host_toolchain(), src)
+    elf = ObjectFile(obj)
+    syms = elf.defined_globals()
+    reached, external = elf.reachable([syms["used"]])
+    names = {elf.sections[i].name for i in reached}
+    assert ".text.used" in names and any("helper" in n for n in names) and any("table" in n for n in names)
+    assert ".text.unused" not in names and not external
+    assert elf.allocated_size(reached) >= 64 * 4
+
+
+def test_linear_arena_plan_gives_the_same_outputs(tmp_path: Path, rng: np.random.Generator) -> None:
+    """The generated code depends on the plan only through offsets: a plan without any reuse
+    computes the same values as the greedy one."""
+    graph = _example("digits_cnn_int8")
+    greedy = generate_project(graph, tmp_path / "g", predict_sizes=False)
+    linear = generate_project(graph, tmp_path / "l", strategy="linear", predict_sizes=False)
+    assert linear.program.arena_bytes > greedy.program.arena_bytes
+    xs = _inputs(graph, rng)
+    a = HostModel(build_host_library(greedy), greedy.program).run(xs)
+    b = HostModel(build_host_library(linear), linear.program).run(xs)
+    _compare(a, b, "linear vs greedy plan")
