@@ -56,6 +56,7 @@ from toolkit.model.ir import (
     DType,
     Graph,
     Padding,
+    ReshapeOptions,
     VariableOptions,
 )
 from toolkit.model.tflite import read_tflite
@@ -143,9 +144,29 @@ def _conv_chain(rng: np.random.Generator) -> Graph:
     return b.build()
 
 
+def _float16_weights(rng: np.random.Generator) -> Graph:
+    """float16 constants behind DEQUANTIZE (as TFLite's float16 quantization writes them) feeding
+    an ADD, plus a RESHAPE of a constant (a real copy, not a view)."""
+    b = GraphBuilder("f16_weights")
+    x = b.input((3, 11), "float32")
+    w16 = b.const(rng.standard_normal((3, 11)).astype(np.float16))
+    w = b.tensor((3, 11), "float32")
+    b.op("DEQUANTIZE", [w16], [w])
+    y = b.output((3, 11), "float32")
+    b.op("ADD", [x, w], [y], ActivationOptions())
+    c = b.const(rng.standard_normal((33,)).astype(np.float32))
+    shape = b.const(np.array([3, 11], np.int32))
+    r = b.tensor((3, 11), "float32")
+    b.op("RESHAPE", [c, shape], [r], ReshapeOptions((3, 11)))
+    z = b.output((3, 11), "float32")
+    b.op("MUL", [y, r], [z], ActivationOptions())
+    return b.build()
+
+
 OWN_GRAPHS: dict[str, Callable[[np.random.Generator], Graph]] = {
     "stream_mixed": _streaming_graph,
     "conv_chain": _conv_chain,
+    "f16_weights": _float16_weights,
 }
 
 
