@@ -74,8 +74,19 @@ def unit_window(h: int = 1, w: int = 1) -> Window2D:
     return Window2D(h, w, h, w, 1, 1, 1, 1, 1, 1, 0, 0)
 
 
+_CLAMPS = (Activation.NONE, Activation.RELU, Activation.RELU6, Activation.RELU_N1_TO_1)
+
+
 def geometry(layer: LayerRef) -> LayerGeometry:
-    """The convolution view of a CONV_2D (ungrouped) or FULLY_CONNECTED layer."""
+    """The convolution view of a CONV_2D (ungrouped) or FULLY_CONNECTED layer whose fused
+    activation is a clamp (what the int8 kernels support)."""
+    geo = _geometry(layer)
+    if geo.activation not in _CLAMPS:
+        raise CompressionError(f"{layer.op.label}: fused {geo.activation.value} is not supported")
+    return geo
+
+
+def _geometry(layer: LayerRef) -> LayerGeometry:
     op, x, w, out = layer.op, layer.input, layer.weight, layer.output
     if op.opcode == "FULLY_CONNECTED":
         if len(w.shape) != 2 or x.num_elements % w.shape[1]:
