@@ -199,6 +199,9 @@ SETTINGS: list[Setting] = [
     Setting.of("prune", sparsity=0.9, bits=5, huffman="boot"),
     Setting.of("prune", sparsity=0.6, bits=3, huffman="boot", index_bits=2),
     Setting.of("prune", sparsity=0.8, bits=4, recover=False),
+    Setting.of("prune_structured", pattern="2:4"),
+    Setting.of("prune_structured", pattern="1:8", recover=False),
+    Setting.of("prune_structured", pattern="3:16"),
 ]
 
 
@@ -457,6 +460,114 @@ def test_digits_mlp_uniform_90_percent() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Structured pruning.
+
+
+def test_nm_storage_is_two_bits_per_kept_weight_for_2_4(rng: np.random.Generator) -> None:
+    """2:4 on a 13 × 37 FC: 10 groups per row (the last of 1 position, padded to 2 entries),
+    260 int8 values and 260 two-bit indices = 65 bytes; every group keeps its 2 largest |w|."""
+    g = LAYERS["fc_odd"](rng)
+    layer = LayerRef(g, g.ops[0])
+    cl = get_method("prune_structured").apply(layer, Setting.of("prune_structured", pattern="2:4"), None)
+    p = _params(cl.call.params)
+    assert len(p["values"].values) == 13 * 10 * 2 and len(p["indices"].values) == 65
+    assert p["index_bits"] == 2
+    w = np.asarray(layer.weight.data, dtype=np.int64)
+    got = np.asarray(cl.export_weights, dtype=np.int64)
+    real = np.abs(layer.real_weights())
+    for r in range(13):
+        for g0 in range(0, 37, 4):
+            grp = slice(g0, min(g0 + 4, 37))
+            keep = np.flatnonzero(got[r, grp])
+            assert keep.size <= 2 and np.array_equal(got[r, grp][keep], w[r, grp][keep])
+            if grp.stop - grp.start > 2:
+                assert np.sort(real[r, grp])[::-1][1] <= real[r, grp][keep].min() + 1e-12 or keep.size < 2
+
+
+def _zeroed(graph: Graph, op_index: int, removed: tuple[int, ...]) -> Graph:
+    """The original graph with the removed channels' weights and bias zeroed, through any
+    depthwise op that follows (the reference a channel-pruned graph must equal)."""
+    import dataclasses
+
+    tensors = list(graph.tensors)
+    todo = [(op_index, 0)]
+    op = graph.ops[op_index]
+    nxt = [o for o in graph.ops if op.outputs[0] in o.inputs]
+    while nxt and nxt[0].opcode in ("RELU", "RELU6", "MAX_POOL_2D", "AVERAGE_POOL_2D"):
+        nxt = [o for o in graph.ops if nxt[0].outputs[0] in o.inputs]
+    if nxt and nxt[0].opcode == "DEPTHWISE_CONV_2D":
+        todo.append((nxt[0].index, 3))
+    for i, axis in todo:
+        o = graph.ops[i]
+        w = np.array(graph.tensors[o.inputs[1]].data)
+        idx = [slice(None)] * w.ndim
+        idx[axis] = list(removed)
+        w[tuple(idx)] = 0
+        tensors[o.inputs[1]] = dataclasses.replace(graph.tensors[o.inputs[1]], data=w)
+        b = np.array(graph.tensors[o.inputs[2]].data)
+        b[list(removed)] = 0
+        tensors[o.inputs[2]] = dataclasses.replace(graph.tensors[o.inputs[2]], data=b)
+    return dataclasses.replace(graph, tensors=tuple(tensors))
+
+
+@in_process
+@pytest.mark.parametrize("model,op_index,count", [("digits_mlp_int8", 0, 120), ("digits_mlp_int8", 1, 30),
+                                                   ("digits_cnn_int8", 0, 3), ("digits_cnn_int8", 2, 5)])
+def test_channel_pruning_equals_zeroed_channels(model: str, op_index: int, count: int) -> None:
+    """The smaller graph computes exactly what the original computes with those channels
+    zeroed (oracle, bit for bit), and is smaller by the removed weights."""
+    from toolkit.compress.prune_structured import prune_channels
+
+    graph = _model(model)
+    cp = prune_channels(graph, op_index, count)
+    channels = graph.tensors[graph.ops[op_index].inputs[1]].shape[0]
+    assert len(cp.removed) == count and len(cp.kept) + count == channels
+    ref = Oracle(_zeroed(graph, op_index, cp.removed))
+    new = Oracle(cp.graph)
+    data = load_dataset("digits:test", graph)
+    for x in data.x[:25]:
+        xs = x.reshape(graph.tensors[graph.inputs[0]].shape)
+        np.testing.assert_array_equal(new.run([xs]).outputs[0], ref.run([xs]).outputs[0])
+    old_w = sum(t.nbytes for t in graph.tensors if t.is_constant)
+    new_w = sum(t.nbytes for t in cp.graph.tensors if t.is_constant)
+    assert new_w < old_w
+
+
+@in_process
+def test_channel_pruning_bias_correction_lowers_consumer_error() -> None:
+    """With calibration inputs the consumer's bias absorbs the removed channels' mean: its
+    output (original model's test activations) moves less than without the correction."""
+    from toolkit.compress.prune_structured import prune_channels
+
+    graph = _model("digits_mlp_int8")
+    calib, test = load_dataset("digits:calib", graph), load_dataset("digits:test", graph)
+    consumer = graph.ops[1].outputs[0]
+
+    def outputs(g: Graph) -> np.ndarray:
+        o = Oracle(g)
+        return np.stack([o.run([x.reshape(1, -1)], keep_intermediates=True).tensors[consumer]
+                         for x in test.x[:150]]).astype(np.float64)
+
+    ref = outputs(graph)
+    plain = outputs(prune_channels(graph, 0, 150).graph)
+    corrected = outputs(prune_channels(graph, 0, 150, calib_x=calib.x).graph)
+    assert np.mean((corrected - ref) ** 2) < 0.5 * np.mean((plain - ref) ** 2)
+    assert abs(np.mean(corrected - ref)) < 0.5 * abs(np.mean(plain - ref))
+
+
+def test_channel_pruning_refuses_what_it_cannot_shrink() -> None:
+    from toolkit.compress.prune_structured import prune_channels
+    from toolkit.errors import CompressionError
+
+    graph = _model("digits_mlp_int8")
+    with pytest.raises(CompressionError, match=r"SOFTMAX|graph output|feed"):
+        prune_channels(graph, 2, 3)  # the last layer feeds SOFTMAX, the model's output
+    cnn = _model("digits_cnn_int8")
+    with pytest.raises(CompressionError, match="CONV_2D or FULLY_CONNECTED"):
+        prune_channels(cnn, 1, 2)
+
+
+# ---------------------------------------------------------------------------------------------
 # Toolchains and sanitizers.
 
 
@@ -487,7 +598,7 @@ def test_header_declares_every_kernel_symbol() -> None:
     text = re.sub(r"/\*.*?\*/", " ", _cdef_region(SPARSE_HEADER), flags=re.S)
     declared = set(re.findall(r"\bvoid\s+(bf_\w+)\s*\(", text))
     for op in ("fully_connected", "conv2d", "depthwise_conv2d"):
-        for fmt in ("sparse", "sparse_huff", "sparse_hboot"):
+        for fmt in ("sparse", "sparse_huff", "sparse_hboot", "nm"):
             assert f"bf_{op}_{fmt}_s8" in declared
 
 

@@ -9,5 +9,6 @@ from toolkit.compress import (  # noqa: F401
     kmeans,
     lowrank,
     prune,
+    prune_structured,
     uniform,
 )

@@ -150,19 +150,30 @@ def bias16(bias: np.ndarray) -> tuple[np.ndarray, int]:
     return np.clip(q, -32767, 32767), BIAS_SHIFT_MAX
 
 
-def _requant_fields(sw: SparseWeights) -> list[tuple[str, FieldValue]]:
-    n = None if sw.per_channel else 1
-    req = sw.requant
+def requant_fields(req: Requant, per_channel: bool) -> list[tuple[str, FieldValue]]:
+    """``per_channel``, ``bias_shift``, int16 ``bias`` and int32 ``multiplier``/``shift`` (one
+    entry per channel, or the first only when the channels share one scale)."""
+    n = None if per_channel else 1
     b16, shift = bias16(req.bias)
-    return [("per_channel", int(sw.per_channel)), ("bias_shift", shift),
+    return [("per_channel", int(per_channel)), ("bias_shift", shift),
             ("bias", ConstArray("int16_t", tuple(int(v) for v in b16))),
             ("multiplier", ConstArray("int32_t", tuple(int(v) for v in req.multiplier[:n]))),
             ("shift", ConstArray("int32_t", tuple(int(v) for v in req.shift[:n])))]
 
 
+def stored_requant(req: Requant, per_channel: bool, channels: int) -> Requant:
+    """What the kernel applies, per channel: the int16-stored bias, the shared scale repeated."""
+    b16, shift = bias16(req.bias)
+    out = replace(req, bias=b16 << shift)
+    if not per_channel:
+        out = replace(out, multiplier=np.repeat(req.multiplier[:1], channels),
+                      shift=np.repeat(req.shift[:1], channels))
+    return out
+
+
 def sparse_call(layer: LayerRef, g: Geometry, sw: SparseWeights) -> KernelCall:
     params = [*geometry_fields(g), *quant_fields(g), ("layout", _layout(sw)), *_storage(sw),
-              *_requant_fields(sw)]
+              *requant_fields(sw.requant, sw.per_channel)]
     call = compressed_call(layer, g, sw.kernel_format, FAMILY, params)
     if g.kind == "fc" and sw.mode == "plain":
         return call
@@ -185,11 +196,7 @@ def sparse_layer(layer: LayerRef, g: Geometry, setting: Setting, sw: SparseWeigh
                     0 if boot else scratch, executed_macs(g, sw), call.symbol,
                     persistent_ram_bytes=scratch if boot else 0)
     weights = rows_to_weights(sw.integer_rows(), g)
-    b16, shift = bias16(sw.requant.bias)
-    req = replace(sw.requant, bias=b16 << shift)
-    if not sw.per_channel:
-        req = replace(req, multiplier=np.repeat(req.multiplier[:1], g.channels),
-                      shift=np.repeat(req.shift[:1], g.channels))
+    req = stored_requant(sw.requant, sw.per_channel, g.channels)
 
     def forward(x: np.ndarray) -> np.ndarray:
         return integer_forward(g, weights, req, x)

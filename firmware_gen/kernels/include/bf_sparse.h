@@ -215,6 +215,76 @@ void bf_depthwise_conv2d_sparse_hboot_s8(
 size_t bf_depthwise_conv2d_sparse_hboot_s8_scratch_bytes(
     const bf_depthwise_conv2d_sparse_hboot_s8_params *params);
 
+/* N:M semi-structured sparsity (method prune_structured).  Each row (as above) is cut into
+ * groups = ceil(row_length / m) groups of m consecutive positions (the last may be shorter);
+ * every group keeps exactly n weights: `values` holds rows * groups * n int8 weights, row after
+ * row, group after group, and `indices` the position of each inside its group in index_bits
+ * bits (LSB-first, the same order).  acc = bias + sum values[e] * (x[g*m + index[e]] +
+ * input_offset); requantization as above.  Padding entries of short groups have value 0. */
+typedef struct {
+    int32_t batches, depth, units;
+    int32_t input_offset, output_offset;
+    int32_t act_min, act_max;
+    int32_t n, m, index_bits;
+    const int8_t *values;
+    const uint8_t *indices;
+    int32_t per_channel;
+    int32_t bias_shift;
+    const int16_t *bias;
+    const int32_t *multiplier;
+    const int32_t *shift;
+} bf_fully_connected_nm_s8_params;
+
+void bf_fully_connected_nm_s8(const bf_fully_connected_nm_s8_params *params, const int8_t *input,
+                              int8_t *output);
+
+typedef struct {
+    bf_dims4 input;
+    bf_dims4 filter;
+    bf_dims4 output;
+    int32_t stride_h, stride_w;
+    int32_t dilation_h, dilation_w;
+    int32_t pad_top, pad_left;
+    int32_t input_offset, output_offset;
+    int32_t act_min, act_max;
+    int32_t n, m, index_bits;
+    const int8_t *values;
+    const uint8_t *indices;
+    int32_t per_channel;
+    int32_t bias_shift;
+    const int16_t *bias;
+    const int32_t *multiplier;
+    const int32_t *shift;
+} bf_conv2d_nm_s8_params;
+
+void bf_conv2d_nm_s8(const bf_conv2d_nm_s8_params *params, const int8_t *input, int8_t *output,
+                     void *scratch);
+size_t bf_conv2d_nm_s8_scratch_bytes(const bf_conv2d_nm_s8_params *params);
+
+typedef struct {
+    bf_dims4 input;
+    bf_dims4 filter;
+    bf_dims4 output;
+    int32_t depth_multiplier;
+    int32_t stride_h, stride_w;
+    int32_t dilation_h, dilation_w;
+    int32_t pad_top, pad_left;
+    int32_t input_offset, output_offset;
+    int32_t act_min, act_max;
+    int32_t n, m, index_bits;
+    const int8_t *values;
+    const uint8_t *indices;
+    int32_t per_channel;
+    int32_t bias_shift;
+    const int16_t *bias;
+    const int32_t *multiplier;
+    const int32_t *shift;
+} bf_depthwise_conv2d_nm_s8_params;
+
+void bf_depthwise_conv2d_nm_s8(const bf_depthwise_conv2d_nm_s8_params *params,
+                               const int8_t *input, int8_t *output, void *scratch);
+size_t bf_depthwise_conv2d_nm_s8_scratch_bytes(const bf_depthwise_conv2d_nm_s8_params *params);
+
 /* The whole Huffman-coded table of `rows` rows decoded into its plain stream
  * (huffman.table_bytes bytes at `table`); what the hboot kernels do on their first call.
  * Scratch: 64 + 2^k + 2^b bytes. */

@@ -383,3 +383,89 @@ void bf_depthwise_conv2d_sparse_hboot_s8(const bf_depthwise_conv2d_sparse_hboot_
     const bf_sparse_requant q = BF_REQUANT_OF(p);
     bf_conv_sparse_hboot_run(&w, &p->layout, &S, &p->huffman, &q, input, output, (uint8_t *)scratch);
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* N:M semi-structured kernels                                                               */
+
+typedef struct {
+    int32_t n, m, index_bits;
+    const int8_t *values;
+    const uint8_t *indices;
+} bf_nm_table;
+
+#define BF_NM_OF(p) {(p)->n, (p)->m, (p)->index_bits, (p)->values, (p)->indices}
+
+/* Every row over x (row r reads x + (r / rows_per_segment) * row_length) into out[r]. */
+static void bf_nm_rows(const bf_nm_table *t, const bf_sparse_shape *S, const bf_sparse_requant *q,
+                       const int8_t *x, int8_t *out) {
+    const int32_t groups = (S->row_length + t->m - 1) / t->m;
+    const int32_t in_off = q->input_offset;
+    const int8_t *v = t->values;
+    bf_bitreader br;
+    int32_t r, g, j;
+    bf_bitreader_init(&br, t->indices);
+    for (r = 0; r < S->rows; ++r) {
+        const int8_t *xg = x + (int64_t)(r / S->rows_per_segment) * S->row_length;
+        int32_t acc = 0;
+        for (g = 0; g < groups; ++g, xg += t->m) {
+            for (j = 0; j < t->n; ++j) {
+                const int32_t idx = (int32_t)bf_bitreader_get(&br, t->index_bits);
+                acc += (int32_t)(*v++) * ((int32_t)xg[idx] + in_off);
+            }
+        }
+        out[r] = bf_sparse_out(q, r, acc);
+    }
+}
+
+void bf_fully_connected_nm_s8(const bf_fully_connected_nm_s8_params *p, const int8_t *input,
+                              int8_t *output) {
+    const bf_sparse_shape S = {p->units, p->depth, p->units};
+    const bf_sparse_requant q = BF_REQUANT_OF(p);
+    const bf_nm_table t = BF_NM_OF(p);
+    int32_t b;
+    for (b = 0; b < p->batches; ++b) {
+        bf_nm_rows(&t, &S, &q, input + (int64_t)b * p->depth, output + (int64_t)b * p->units);
+    }
+}
+
+static void bf_conv_nm_run(const bf_window *w, const bf_nm_table *t, const bf_sparse_shape *S,
+                           const bf_sparse_requant *q, const int8_t *input, int8_t *output,
+                           int8_t *patch) {
+    const int32_t out_h = w->output->h, out_w = w->output->w, out_c = w->output->c;
+    int32_t b, oy, ox;
+    for (b = 0; b < w->output->n; ++b) {
+        for (oy = 0; oy < out_h; ++oy) {
+            for (ox = 0; ox < out_w; ++ox) {
+                int8_t *out = output + (((int64_t)b * out_h + oy) * out_w + ox) * out_c;
+                bf_gather_patch(w, q->input_offset, input, b, oy, ox, patch);
+                bf_nm_rows(t, S, q, patch, out);
+            }
+        }
+    }
+}
+
+size_t bf_conv2d_nm_s8_scratch_bytes(const bf_conv2d_nm_s8_params *p) {
+    return bf_patch_bytes(&p->input, &p->filter);
+}
+
+void bf_conv2d_nm_s8(const bf_conv2d_nm_s8_params *p, const int8_t *input, int8_t *output,
+                     void *scratch) {
+    const bf_window w = BF_WINDOW_OF(p, 0);
+    const bf_sparse_shape S = bf_conv_shape(&p->input, &p->filter, &p->output);
+    const bf_sparse_requant q = BF_REQUANT_OF(p);
+    const bf_nm_table t = BF_NM_OF(p);
+    bf_conv_nm_run(&w, &t, &S, &q, input, output, (int8_t *)scratch);
+}
+
+size_t bf_depthwise_conv2d_nm_s8_scratch_bytes(const bf_depthwise_conv2d_nm_s8_params *p) {
+    return bf_patch_bytes(&p->input, &p->filter);
+}
+
+void bf_depthwise_conv2d_nm_s8(const bf_depthwise_conv2d_nm_s8_params *p, const int8_t *input,
+                               int8_t *output, void *scratch) {
+    const bf_window w = BF_WINDOW_OF(p, 1);
+    const bf_sparse_shape S = bf_dw_shape(&p->filter, &p->output, p->depth_multiplier);
+    const bf_sparse_requant q = BF_REQUANT_OF(p);
+    const bf_nm_table t = BF_NM_OF(p);
+    bf_conv_nm_run(&w, &t, &S, &q, input, output, (int8_t *)scratch);
+}
