@@ -196,6 +196,15 @@ def run_samples(graph: Graph, x: np.ndarray | Sequence[np.ndarray],
     return [values[t] for t in graph.outputs]
 
 
+def run_all(graph: Graph, x: np.ndarray | Sequence[np.ndarray],
+            overrides: Mapping[int, Forward] | None = None) -> dict[int, np.ndarray]:
+    """Like :func:`run_samples`, but every non-constant tensor's values ``(n, *tensor.shape)``."""
+    xs = _as_samples(graph, x)
+    values = dict(zip(graph.inputs, xs, strict=True))
+    _Executor(graph, xs[0].shape[0]).run(graph.ops, values, overrides or {})
+    return values
+
+
 # ---------------------------------------------------------------------------------------------
 # The compressed model.
 
