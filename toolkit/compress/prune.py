@@ -315,10 +315,12 @@ class PruneMethod:
                 and layer.input.dtype is DType.INT8 and layer.weight.data is not None)
 
     def settings(self, layer: LayerRef) -> list[Setting]:
-        grid = [Setting.of("prune", sparsity=s, bits=b) for s in (0.5, 0.75, 0.9) for b in (4, 8)]
-        grid += [Setting.of("prune", sparsity=s, bits=4, huffman="boot") for s in (0.75, 0.9, 0.95)]
-        grid += [Setting.of("prune", sparsity=0.9, bits=4, huffman="layer"),
-                 Setting.of("prune", sparsity=0.95, bits=3)]
+        """Plain 4-bit tables from 50 to 95 %, int8 values at 50 and 80 %, Huffman-coded tables
+        decoded at boot from 80 to 95 %, and one per-block Huffman option (least RAM)."""
+        grid = [Setting.of("prune", sparsity=s, bits=4) for s in (0.5, 0.7, 0.8, 0.9, 0.95)]
+        grid += [Setting.of("prune", sparsity=s, bits=8) for s in (0.5, 0.8)]
+        grid += [Setting.of("prune", sparsity=s, bits=4, huffman="boot") for s in (0.8, 0.85, 0.9, 0.95)]
+        grid.append(Setting.of("prune", sparsity=0.9, bits=4, huffman="layer"))
         return grid
 
     def option(self, layer: LayerRef, setting: Setting) -> Option:
