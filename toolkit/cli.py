@@ -199,6 +199,69 @@ def compress(
         tables.print_compress(out, report, out_dir)
 
 
+@app.command()
+def validate(
+    model: ModelArg,
+    data: Annotated[
+        str, typer.Option(help="A built-in data set (digits[:split]) or an .npz with x (and y labels).")
+    ],
+    board: Annotated[
+        str, typer.Option(help="A board id or board file, or 'host' for a program on this machine.")
+    ] = "mps2-an386",
+    samples: Annotated[int, typer.Option(help="How many samples to stream (0 = all of --data).")] = 100,
+    port: Annotated[
+        str | None,
+        typer.Option(help="Serial link of a real board (pyserial URL: /dev/ttyACM0, socket://…); with "
+                     "--board host, a device program already running there."),
+    ] = None,
+    layerwise: Annotated[
+        bool, typer.Option(help="Debug firmware: compare every intermediate tensor, name the first "
+                           "diverging layer.")
+    ] = False,
+    spec: Annotated[
+        Path | None, typer.Option(help="Compression spec (TOML) to apply before building.")
+    ] = None,
+    frames: Annotated[
+        int | None,
+        typer.Option(help="Streaming models: inferences per sample after a reset (default: the "
+                     "example's, else 1)."),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Firmware build directory (default: a cache).")
+    ] = None,
+    runner: Annotated[
+        str | None, typer.Option(help="Runner kind to use instead of the board's first.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print every step and command; build, flash and run nothing.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Build, flash or emulate, stream a data set over the serial link and compare with the oracle."""
+    from toolkit.validate import report as vreport
+    from toolkit.validate.validate import ValidateOptions
+    from toolkit.validate.validate import dry_run as plan_validation
+    from toolkit.validate.validate import validate as run_validation
+
+    opts = ValidateOptions(model=model, board=board, data=data, samples=samples, port=port,
+                           layerwise=layerwise, spec=spec, dry_run=dry_run, frames=frames,
+                           out_dir=out_dir, runner=runner)
+    if dry_run:
+        plan = _guarded(lambda: plan_validation(opts))
+        if as_json:
+            _emit_json(jsonout.validate_dry_run_doc(plan))
+        else:
+            vreport.print_dry_run(out, plan)
+        return
+    result = _guarded(lambda: run_validation(opts))
+    if as_json:
+        _emit_json(jsonout.validate_doc(result))
+    else:
+        tables.print_validate(out, result)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from toolkit.build import BoardBuild
     from toolkit.compress.pipeline import CompressReport
     from toolkit.model.summary import GraphSummary
+    from toolkit.validate.report import DryRun, ValidateReport
     from toolkit.verify import TensorComparison, VerifyReport
 
 INSPECT_SCHEMA = "boardfit.inspect/1"
@@ -22,6 +23,7 @@ VERIFY_SCHEMA = "boardfit.verify/1"
 BOARDS_SCHEMA = "boardfit.boards/1"
 COMPRESS_SCHEMA = "boardfit.compress/1"
 BUILD_SCHEMA = "boardfit.build/1"
+VALIDATE_SCHEMA = "boardfit.validate/1"
 
 
 def _spec(name: str, shape: Sequence[int], dtype: str) -> dict[str, Any]:
@@ -156,3 +158,18 @@ def compress_doc(r: CompressReport, out_dir: Path) -> dict[str, Any]:
             "identical_outputs": r.export_identical_outputs,
         },
     }
+
+
+def validate_doc(r: ValidateReport) -> dict[str, Any]:
+    """``boardfit validate --json``: built by toolkit/validate/report.py, next to the report type."""
+    from toolkit.validate.report import report_doc
+
+    doc = report_doc(r)
+    assert doc["schema"] == VALIDATE_SCHEMA
+    return doc
+
+
+def validate_dry_run_doc(d: DryRun) -> dict[str, Any]:
+    from toolkit.validate.report import dry_run_doc
+
+    return dry_run_doc(d)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from toolkit.build import BoardBuild
     from toolkit.compress.pipeline import CompressReport
     from toolkit.model.summary import GraphSummary
+    from toolkit.validate.report import ValidateReport
     from toolkit.verify import TensorComparison, VerifyReport
 
 
@@ -155,3 +156,10 @@ def print_compress(console: Console, r: CompressReport, out_dir: Path) -> None:
         share = r.export_identical_outputs
         same = "" if share is None else f"; outputs identical to the simulation on {100 * share:.1f} %"
         console.print(f"exported {escape(r.export_path)} ({exact}{same})")
+
+
+def print_validate(console: Console, r: ValidateReport) -> None:
+    """``boardfit validate``: summary, flash/RAM, per-layer counts (toolkit/validate/report.py)."""
+    from toolkit.validate.report import print_report
+
+    print_report(console, r)
