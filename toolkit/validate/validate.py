@@ -31,7 +31,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -560,8 +559,8 @@ def validate(opts: ValidateOptions, *, build: Callable[..., DeviceProgram] = bui
     _reject_spec(opts.spec)
     graph, raw = _read_model(opts.model)
     board = resolve_board(opts.board)
-    work = load_workload(graph, raw, opts.data, opts.samples, opts.frames)
     precheck(graph, board)
+    work = load_workload(graph, raw, opts.data, opts.samples, opts.frames)
     out_dir = opts.out_dir or default_out_dir(graph, board, opts.layerwise)
     program = build(graph, board, out_dir, debug=opts.layerwise, profile_layers=opts.profile_layers)
     runner = make_board_runner(board, opts)
@@ -603,26 +602,28 @@ def dry_run(opts: ValidateOptions) -> rep.DryRun:
     _reject_spec(opts.spec)
     graph, raw = _read_model(opts.model)
     board = resolve_board(opts.board)
-    work = load_workload(graph, raw, opts.data, opts.samples, opts.frames)
     precheck(graph, board)
+    work = load_workload(graph, raw, opts.data, opts.samples, opts.frames)
     out_dir = opts.out_dir or default_out_dir(graph, board, opts.layerwise)
     artifact = out_dir / ("firmware.elf" if board.kind == "mcu" else "firmware")
-    record = CommandLog(dry_run=True)
     kind = "debug firmware" if opts.layerwise else "firmware"
-    record.note("build", kind, f"of {opts.model}", "for", board.id, "into", os.fspath(out_dir),
-                "with", board.toolchain.cc if board.kind != "host" else "the host compiler")
+    compiler = "the host compiler" if board.kind == "host" else board.toolchain.cc
+    steps = [f"# build {kind} of {opts.model} for {board.id} with {compiler} into {out_dir}"]
+    record = CommandLog(dry_run=True)
     runner = make_board_runner(board, dataclasses.replace(opts, dry_run=True), record)
     # The image does not exist in a dry run; the pre-check above stood in for the fit check.
     runner.refuse_oversized = lambda image: ImageSizes(0, 0, 0)  # type: ignore[method-assign]
     if board.kind == "host" and opts.port is not None:
-        record.note("attach", "to", opts.port)
+        steps.append(f"# attach to the device program on {opts.port}")
     else:
         with runner.start(artifact):
             pass
-    record.note("connect", "sync; check model hash", graph.content_hash(), "and plan hash", ZERO_HASH)
-    per = f" × {work.frames} frames" if work.frames > 1 else ""
-    record.note("stream", f"{work.samples} samples{per} of {work.source}",
-                "compare with the oracle" + (" tensor by tensor" if opts.layerwise else ""))
-    record.note("reference", "TFLite interpreter (reference kernels) on the same samples")
-    return rep.DryRun(str(opts.model), board.id, tuple(str(s) for s in record.steps),
-                      tuple(record.commands))
+    steps += [str(s) for s in record.steps]
+    per = f" x {work.frames} frames, reset before each" if work.frames > 1 else ""
+    steps += [
+        f"# connect: sync, refuse unless model hash {graph.content_hash()} and plan hash {ZERO_HASH}",
+        f"# stream {work.samples} samples{per} of {work.source}; compare every output with the oracle"
+        + (" and every intermediate tensor" if opts.layerwise else ""),
+        "# run the TFLite interpreter (reference kernels) on the same samples",
+    ]
+    return rep.DryRun(str(opts.model), board.id, tuple(steps), tuple(record.commands))
