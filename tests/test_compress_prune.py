@@ -610,3 +610,38 @@ def test_sparse_kernels_under_asan_and_ubsan() -> None:
     report = (proc.stdout + proc.stderr)[-4000:] + sanitizer_log[:6000]
     assert proc.returncode == 0, f"sanitized sparse kernel tests failed (exit {proc.returncode}):\n{report}"
     assert " passed" in proc.stdout, report
+
+
+# ---------------------------------------------------------------------------------------------
+# The same kernels on the emulated Cortex-M4 (Thumb-2, arm-none-eabi-gcc -O2).
+
+
+@in_process
+@pytest.mark.qemu
+@pytest.mark.cross
+def test_kernels_match_forward_on_cortex_m4(rng: np.random.Generator) -> None:
+    """Every sparse-table and N:M kernel variant, cross-compiled for the M4 and run under
+    qemu-system-arm (mps2-an386), computes the numpy forward's output byte for byte."""
+    import m4_harness
+
+    if not m4_harness.available():
+        pytest.skip("arm-none-eabi-gcc and qemu-system-arm are needed")
+    settings = [Setting.of("prune", sparsity=0.8, bits=4),
+                Setting.of("prune", sparsity=0.6, bits=8, index_bits=2),
+                Setting.of("prune", sparsity=0.9, bits=3, huffman="layer", block_rows=3),
+                Setting.of("prune", sparsity=0.7, bits=5, huffman="boot"),
+                Setting.of("prune_structured", pattern="2:4")]
+    calls, wants = [], []
+    for case in ("fc_odd", "conv_stride_dil", "conv_groups", "dw_mult_stride"):
+        g = LAYERS[case](rng)
+        x_t = g.tensors[g.inputs[0]]
+        for s in settings:
+            _, _, cl = _compress(g, s, rng)
+            x = rand_input(rng, x_t)
+            calls.append(m4_harness.M4Call(f"{case}/{s.label}", cl.call, g, x))
+            wants.append(cl.forward(x.reshape((-1, *x_t.shape[1:]))).reshape(-1))
+    results = m4_harness.run_on_m4(calls, [kh.REF_DIR / f"{f}.c" for f in _FAMILIES],
+                                   [kh.INCLUDE_DIR, kh.REF_DIR])
+    for c, want, got in zip(calls, wants, results, strict=True):
+        np.testing.assert_array_equal(got.output, want, err_msg=c.name)
+        assert got.instructions > 0

@@ -114,7 +114,11 @@ def dtype_range(dtype: np.dtype | type) -> tuple[int, int]:
 def activation_range_quantized(
     activation: str, scale: float, zero_point: int, dtype: np.dtype | type
 ) -> tuple[int, int]:
-    """``CalculateActivationRangeQuantized``: the clamp of a fused activation in the q domain."""
+    """``CalculateActivationRangeQuantized``: the clamp of a fused activation in the q domain.
+
+    Only the RELU family clamps.  Any other fused activation (TANH, SIGN_BIT) gets the full
+    range of the type, i.e. it is ignored, as in TFLite, LiteRT and TFLite Micro alike (checked
+    against each interpreter in the oracle tests)."""
     qmin, qmax = dtype_range(dtype)
 
     def q(v: float) -> int:
@@ -127,9 +131,9 @@ def activation_range_quantized(
         return max(qmin, q(0.0)), min(qmax, q(6.0))
     if activation == "RELU_N1_TO_1":
         return max(qmin, q(-1.0)), min(qmax, q(1.0))
-    if activation == "NONE":
+    if activation in ("NONE", "TANH", "SIGN_BIT"):
         return qmin, qmax
-    raise ValueError(f"fused activation {activation} has no quantized range")
+    raise ValueError(f"unknown fused activation {activation}")
 
 
 def activation_float(x: np.ndarray, activation: str) -> np.ndarray:
