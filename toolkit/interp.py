@@ -27,11 +27,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from toolkit.errors import InterpreterError
+
+if TYPE_CHECKING:
+    from toolkit.oracle.profile import Arithmetic
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,15 @@ def _load_backend() -> tuple[str, ModuleType]:
 def backend_name() -> str:
     """``"ai-edge-litert"`` or ``"tflite-runtime"``; raises :class:`InterpreterError` if neither imports."""
     return _load_backend()[0]
+
+
+def arithmetic_profile() -> Arithmetic:
+    """The oracle's :class:`~toolkit.oracle.profile.Arithmetic` that reproduces the reference
+    kernels of the backend in use: LiteRT's for ai-edge-litert, 2.14's for tflite-runtime."""
+    from toolkit.oracle.profile import Arithmetic
+
+    profiles = {"ai-edge-litert": Arithmetic.LITERT, "tflite-runtime": Arithmetic.TFLITE_2_14}
+    return profiles[backend_name()]
 
 
 @dataclass(frozen=True)

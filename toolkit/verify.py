@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from toolkit.interp import ReferenceInterpreter, backend_name
+from toolkit.interp import ReferenceInterpreter, arithmetic_profile, backend_name
 from toolkit.model.ir import DType, Graph, Tensor
 from toolkit.oracle import Oracle
 
@@ -121,9 +121,12 @@ def verify(
     input_source: str,
     layerwise: bool = False,
 ) -> VerifyReport:
-    """Run every sample (in order, so streaming state evolves alike) through both and compare."""
+    """Run every sample (in order, so streaming state evolves alike) through both and compare.
+
+    The oracle runs with the arithmetic profile of the interpreter backend in use (LiteRT's or
+    tflite-runtime 2.14's reference kernels), not with its TFLite Micro default."""
     interp = ReferenceInterpreter(model, reference_kernels=True, preserve_all_tensors=layerwise)
-    oracle = Oracle(graph)
+    oracle = Oracle(graph, profile=arithmetic_profile())
     outs = [_Accumulator(t) for t in graph.output_tensors]
     inner_ids = [i for op in graph.ops for i in op.outputs if i not in graph.outputs] if layerwise else []
     inner = {i: _Accumulator(graph.tensors[i]) for i in inner_ids}

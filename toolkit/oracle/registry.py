@@ -14,15 +14,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from toolkit.model.ir import Graph, Op, OpOptions, Tensor
+from toolkit.oracle.profile import Arithmetic
 
 
 @dataclass(frozen=True)
 class OpContext:
-    """What a kernel sees: the op, its tensors and the input values (``None`` for absent)."""
+    """What a kernel sees: the op, its tensors, the input values (``None`` for absent) and the
+    arithmetic profile to reproduce (kernels consult it only where TFLite implementations differ)."""
 
     graph: Graph
     op: Op
     values: tuple[np.ndarray | None, ...]
+    profile: Arithmetic = Arithmetic.TFLM
 
     @property
     def options(self) -> OpOptions:

@@ -16,6 +16,7 @@ import numpy as np
 from toolkit.errors import OracleError, UnsupportedOp
 from toolkit.model.ir import Graph, Op, VariableOptions
 from toolkit.oracle import kernels as _kernels  # noqa: F401  (fills the registry)
+from toolkit.oracle.profile import Arithmetic
 from toolkit.oracle.registry import KERNELS, OpContext
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,16 @@ class OracleResult:
 
 
 class Oracle:
-    """Runs a graph op by op.  Not thread-safe: it owns the state of streaming models."""
+    """Runs a graph op by op.  Not thread-safe: it owns the state of streaming models.
 
-    def __init__(self, graph: Graph) -> None:
+    ``profile`` selects whose integer arithmetic is reproduced where TFLite implementations
+    differ (see :class:`~toolkit.oracle.profile.Arithmetic`); the default is TFLite Micro's, which
+    is what the generated C computes.
+    """
+
+    def __init__(self, graph: Graph, profile: Arithmetic = Arithmetic.TFLM) -> None:
         self.graph = graph
+        self.profile = Arithmetic(profile)
         for op in graph.ops:
             if op.opcode not in KERNELS and op.opcode not in ("READ_VARIABLE", "ASSIGN_VARIABLE"):
                 raise UnsupportedOp(op.opcode, op.index, tuple(sorted(KERNELS)))
@@ -59,7 +66,7 @@ class Oracle:
         for t in g.tensors:
             if t.data is not None:
                 values[t.index] = t.data
-        for k, (idx, arr) in enumerate(zip(g.inputs, inputs)):
+        for k, (idx, arr) in enumerate(zip(g.inputs, inputs, strict=False)):
             t = g.tensors[idx]
             a = np.asarray(arr)
             if a.dtype != t.dtype.numpy:
@@ -73,12 +80,14 @@ class Oracle:
         if op.opcode in ("READ_VARIABLE", "ASSIGN_VARIABLE"):
             self._variable_op(op, values)
             return
-        ctx = OpContext(self.graph, op, tuple(values.get(i) if i >= 0 else None for i in op.inputs))
+        ctx = OpContext(
+            self.graph, op, tuple(values.get(i) if i >= 0 else None for i in op.inputs), self.profile
+        )
         try:
             results = KERNELS[op.opcode](ctx)
         except (ValueError, IndexError, KeyError) as exc:
             raise OracleError(f"{op.label}: {exc}") from exc
-        for idx, res in zip(op.outputs, results):
+        for idx, res in zip(op.outputs, results, strict=False):
             t = self.graph.tensors[idx]
             if res.dtype != t.dtype.numpy or tuple(res.shape) != t.shape:
                 raise OracleError(
