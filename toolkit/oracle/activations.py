@@ -14,6 +14,15 @@ Each quantized path is the one TFLite's reference op resolver (``BUILTIN_REF``) 
 * RELU, RELU6 (also int16), LEAKY_RELU (also int16), PRELU: requantization with
   ``MultiplyByQuantizedMultiplier``.
 
+TensorFlow Lite Micro (the ``TFLM`` arithmetic profile) differs here: RELU, PRELU and ABS take
+their multipliers from double quotients; int8 LOGISTIC and TANH are computed in gemmlowp fixed
+point (:mod:`toolkit.oracle.logistic_tanh_fixed`) instead of through a float table.  TFLM's RELU6
+clamps the raw input to ``[in_zp, q(6)]`` and its int8 LOGISTIC/TANH assume the converter's
+output quantization: none of them reads the output parameters.  When those are what TFLM
+assumes, the profile is bit-exact with TFLM; otherwise TFLM's result means something else than
+the model, and the profile computes what the model means (requantizing RELU6 like TFLM's RELU,
+LiteRT's table for LOGISTIC/TANH) and logs a warning.
+
 Prepare-time arithmetic is reproduced with its C++ types: several multipliers are computed as
 ``float`` quotients (``input->params.scale / output->params.scale`` is a float division) before
 ``QuantizeMultiplier`` widens them to double; the comments say which.  Float kernels compute in
@@ -22,12 +31,15 @@ float32 and match TFLite within float rounding.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
 
 from toolkit.model.ir import DType, LeakyReluOptions, SoftmaxOptions, Tensor
 from toolkit.oracle import fixedpoint as fp
+from toolkit.oracle import logistic_tanh_fixed as tflm_fixed
+from toolkit.oracle.profile import Arithmetic
 from toolkit.oracle.quant import (
     dtype_range,
     multiply_by_quantized_multiplier,
@@ -36,6 +48,8 @@ from toolkit.oracle.quant import (
     tflite_round,
 )
 from toolkit.oracle.registry import OpContext, register
+
+log = logging.getLogger(__name__)
 
 F32 = np.float32
 # A float32 → float32 element-wise function (the C++ lambda a lookup table is built from).
@@ -105,12 +119,28 @@ def _relu_x(ctx: OpContext, act_min: float, act_max: float | None) -> list[np.nd
     if dtype is DType.INT16:
         _require_zero_points(ctx, in_zp, out_zp)
     lo, hi = dtype_range(dtype.numpy)
+    tflm = ctx.profile is Arithmetic.TFLM
+    if tflm and act_max is not None:
+        if (F32(in_scale), in_zp) == (F32(out_scale), out_zp):
+            return _finish(ctx, _relu6_tflm(x, in_scale, in_zp, act_max))
+        log.warning("%s: TFLite Micro's RELU6 ignores the output quantization (it differs from the "
+                    "input's); requantizing instead", ctx.op.label)
     # act / scale is a float division, rounded with roundf.
     q_min = max(lo, out_zp + tflite_round(float_ratio(act_min, out_scale)))
     q_max = hi if act_max is None else min(hi, out_zp + tflite_round(float_ratio(act_max, out_scale)))
-    mult, shift = quantize_multiplier(float_ratio(in_scale, out_scale))
+    # TFLM's CalculateReluOpData divides the scales in double, TFLite's ReluPrepare in float.
+    ratio = in_scale / out_scale if tflm else float_ratio(in_scale, out_scale)
+    mult, shift = quantize_multiplier(ratio)
     y = multiply_by_quantized_multiplier(x.astype(np.int64) - in_zp, mult, shift) + out_zp
     return _finish(ctx, np.minimum(np.maximum(y, q_min), q_max))
+
+
+def _relu6_tflm(x: np.ndarray, in_scale: float, in_zp: int, act_max: float) -> np.ndarray:
+    """TFLM ``Relu6Quantized``: the raw input clamped to ``[in_zp, FloatToQuantizedType(6)]``
+    (equal to the requantizing kernel when the output is quantized like the input)."""
+    lo, hi = dtype_range(x.dtype)
+    six = min(hi, max(lo, tflite_round(float_ratio(act_max, in_scale)) + in_zp))
+    return np.clip(x.astype(np.int64), in_zp, six)
 
 
 @register("RELU")
@@ -180,9 +210,12 @@ def prelu(ctx: OpContext) -> list[np.ndarray]:
     in_scale, in_zp = per_tensor_params(ctx.input_tensor(0), "input")
     a_scale, a_zp = per_tensor_params(alpha_t, "alpha")
     out_scale, out_zp = per_tensor_params(ctx.output_tensor(), "output")
-    # PreluPrepare: both real multipliers are float expressions.
-    m1, s1 = quantize_multiplier(float_ratio(in_scale, out_scale))
-    m2, s2 = quantize_multiplier(float(F32(in_scale) * F32(a_scale) / F32(out_scale)))
+    if ctx.profile is Arithmetic.TFLM:  # CalculatePreluParams: double quotients
+        m1, s1 = quantize_multiplier(in_scale / out_scale)
+        m2, s2 = quantize_multiplier(in_scale * a_scale / out_scale)
+    else:  # PreluPrepare: both real multipliers are float expressions.
+        m1, s1 = quantize_multiplier(float_ratio(in_scale, out_scale))
+        m2, s2 = quantize_multiplier(float(F32(in_scale) * F32(a_scale) / F32(out_scale)))
     v = x.astype(np.int64) - in_zp
     av = alpha.astype(np.int64) - a_zp
     scaled = np.where(
@@ -249,6 +282,10 @@ def logistic(ctx: OpContext) -> list[np.ndarray]:
     out_scale, _ = per_tensor_params(ctx.output_tensor(), "output")
     if F32(out_scale) != F32(1.0 / 256):
         raise ValueError(f"LOGISTIC on {dtype.value} needs the output scale 1/256, got {out_scale}")
+    if ctx.profile is Arithmetic.TFLM and dtype is DType.INT8:
+        result = _tflm_fixed_point(ctx, tflm_fixed.LOGISTIC_OUTPUT, tflm_fixed.logistic_int8)
+        if result is not None:
+            return result
     # The C++ lambda: 1.0f / (1.0f + std::exp(-value)), all float.
     return _lut_kernel(ctx, lambda v: F32(1) / (F32(1) + _expf(-v)))
 
@@ -260,7 +297,25 @@ def tanh(ctx: OpContext) -> list[np.ndarray]:
         return _finish(ctx, _tanh_f32(ctx.value(0)))
     if dtype not in _8BIT:
         raise _unsupported(ctx, dtype, "float32, int8, uint8")
+    if ctx.profile is Arithmetic.TFLM and dtype is DType.INT8:
+        result = _tflm_fixed_point(ctx, tflm_fixed.TANH_OUTPUT, tflm_fixed.tanh_int8)
+        if result is not None:
+            return result
     return _lut_kernel(ctx, _tanh_f32)
+
+
+def _tflm_fixed_point(ctx: OpContext, assumed_output: tuple[float, int],
+                      kernel: Callable[[np.ndarray, float, int], np.ndarray]) -> list[np.ndarray] | None:
+    """TFLM's int8 LOGISTIC/TANH, which assume the converter's output quantization; ``None``
+    when the output has other parameters (TFLM's result would mean something else)."""
+    in_scale, in_zp = per_tensor_params(ctx.input_tensor(0), "input")
+    out_scale, out_zp = per_tensor_params(ctx.output_tensor(), "output")
+    if (F32(out_scale), out_zp) != (F32(assumed_output[0]), assumed_output[1]):
+        log.warning("%s: TFLite Micro assumes the output scale %s and zero point %s (got %s, %s); "
+                    "using TFLite's table instead", ctx.op.label, assumed_output[0], assumed_output[1],
+                    out_scale, out_zp)
+        return None
+    return _finish(ctx, kernel(ctx.value(0), in_scale, in_zp))
 
 
 # --- HARD_SWISH -------------------------------------------------------------------------------
@@ -460,7 +515,9 @@ def abs_(ctx: OpContext) -> list[np.ndarray]:
         _require_zero_points(ctx, in_zp, out_zp)
     value = np.abs(x.astype(np.int64) - in_zp)
     if F32(in_scale) != F32(out_scale):
-        mult, shift = quantize_multiplier(float_ratio(in_scale, out_scale))
+        # TFLM's SetAbsOutputMultiplier divides in double, TFLite's in float.
+        tflm = ctx.profile is Arithmetic.TFLM
+        mult, shift = quantize_multiplier(in_scale / out_scale if tflm else float_ratio(in_scale, out_scale))
         value = multiply_by_quantized_multiplier(value, mult, shift)
     lo, hi = dtype_range(dtype.numpy)
     return _finish(ctx, np.clip(value + out_zp, lo, hi))

@@ -11,13 +11,17 @@ Contracts (bit-exact with TFLite's reference kernels for integer types, IEEE flo
   ``pot_scale_int16 = false`` (what the converter writes for 16x8 models and what our writer
   writes); the IR does not carry that flag.
 * MUL requantizes ``(q1 - z1)(q2 - z2)`` with one multiplier ``s1·s2/so`` computed in float32, as
-  ``mul.cc`` does (``MultiplyByQuantizedMultiplier``).
+  ``mul.cc`` does (``MultiplyByQuantizedMultiplier``); TFLite Micro (``TFLM`` profile) computes
+  it in double.
 * MAXIMUM/MINIMUM compare raw values: TFLite neither checks nor rescales quantization here (the
   converter gives inputs and output one scale), so neither does the oracle.
 * RSQRT int8 reproduces ``elementwise.cc``'s fixed-point Newton-Raphson inverse square root
   (``GetInvSqrtQuantizedMultiplierExp``) value by value; RSQRT int16 uses TFLite's interpolated
   513-entry table built in float32.  SQRT int8/int16 dequantizes, takes a float32 square root
-  and truncates, as that kernel does.
+  and truncates, as that kernel does.  With the ``TFLM`` profile the RSQRT output multiplier is
+  ``1 / (sqrt(double(s_in)) · double(s_out))`` and int16 RSQRT runs the same Newton-Raphson
+  path as int8 (TFLM has no table), with the int16 range and 32767 for a zero input; and TFLM's
+  int32 ADD (unlike its SUB and MUL) ignores a fused activation.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 from toolkit.model.ir import ActivationOptions, DType, Tensor
 from toolkit.oracle import fixedpoint as fp
 from toolkit.oracle import quant
+from toolkit.oracle.profile import Arithmetic
 from toolkit.oracle.registry import OpContext, register
 
 log = logging.getLogger(__name__)
@@ -185,6 +190,8 @@ def _add_sub(ctx: OpContext, subtract: bool) -> list[np.ndarray]:
     if out.dtype in (DType.INT32, DType.INT64):
         ilo, ihi = _int_range(act, out.dtype.numpy)
         r = np.subtract(x1, x2) if subtract else np.add(x1, x2)
+        if ctx.profile is Arithmetic.TFLM and not subtract and out.dtype is DType.INT32:
+            return [_finish(r, out)]  # TFLM's int32 ADD ignores the fused activation (measured)
         return [_finish(np.clip(r, ilo, ihi), out)]
     if out.dtype in _QUANTIZED:
         p = add_sub_params(t1, t2, out, act)
@@ -206,11 +213,15 @@ def sub(ctx: OpContext) -> list[np.ndarray]:
 # MUL.
 
 
-def mul_multiplier(t1: Tensor, t2: Tensor, out: Tensor) -> tuple[int, int]:
-    """``QuantizeMultiplier(s1 * s2 / so)`` with the product and quotient taken in float32."""
+def mul_multiplier(t1: Tensor, t2: Tensor, out: Tensor,
+                   profile: Arithmetic = Arithmetic.TFLM) -> tuple[int, int]:
+    """``QuantizeMultiplier(s1 * s2 / so)``: the product and quotient are taken in float32 by
+    TFLite/LiteRT (``mul.cc``) and in double by TFLite Micro (``mul_common.cc``)."""
     s1, _ = _per_tensor(t1, "input 1")
     s2, _ = _per_tensor(t2, "input 2")
     so, _ = _per_tensor(out, "output")
+    if profile is Arithmetic.TFLM:
+        return quant.quantize_multiplier(s1 * s2 / so)
     real = float((np.float32(s1) * np.float32(s2)) / np.float32(so))
     return quant.quantize_multiplier(real)
 
@@ -233,7 +244,7 @@ def mul(ctx: OpContext) -> list[np.ndarray]:
     so, zo = _per_tensor(out, "output")
     if out.dtype is DType.INT16 and (z1, z2, zo) != (0, 0, 0):
         raise ValueError("int16 MUL needs zero points 0 (symmetric 16x8 quantization)")
-    mult, shift = mul_multiplier(t1, t2, out)
+    mult, shift = mul_multiplier(t1, t2, out, ctx.profile)
     prod = quant.wrap_int32((x1.astype(np.int64) - z1) * (x2.astype(np.int64) - z2))
     res = quant.multiply_by_quantized_multiplier(prod, mult, shift) + zo
     lo, hi = _quantized_range(act, so, zo, out.dtype.numpy)
@@ -344,13 +355,29 @@ def _mbqm(x: int, multiplier: int, shift: int) -> int:
     return _rdpot(_srdhm(scaled, multiplier), max(-shift, 0))
 
 
-def rsqrt_int8_table(in_scale: float, in_zp: int, out_scale: float, out_zp: int) -> np.ndarray:
+def rsqrt_output_multiplier(in_scale: float, out_scale: float, profile: Arithmetic) -> tuple[int, int]:
+    """``SetRsqrtOutputMultiplier``: ``1 / (sqrt(s_in) · s_out)``; TFLite multiplies in float32
+    (``sqrtf``), TFLite Micro in double."""
+    if profile is Arithmetic.TFLM:
+        return quant.quantize_multiplier(1.0 / (float(np.sqrt(in_scale)) * out_scale))
+    denom = np.float32(np.sqrt(np.float32(in_scale))) * np.float32(out_scale)
+    return quant.quantize_multiplier(1.0 / float(denom))
+
+
+def rsqrt_newton(value: int, mult: int, shift: int) -> int:
+    """``RsqrtEvalQuantized`` before the output offset: 1/sqrt(value) for ``value > 0`` through
+    ``GetInvSqrtQuantizedMultiplierExp`` and two ``MultiplyByQuantizedMultiplier``."""
+    k_shift = 20  # keeps the intermediate 1/sqrt an integer
+    inv, inv_shift = inv_sqrt_quantized_multiplier_exp(value, -1)
+    data = _mbqm(1, inv, inv_shift + k_shift)
+    return _mbqm(data, mult, shift - k_shift)
+
+
+def rsqrt_int8_table(in_scale: float, in_zp: int, out_scale: float, out_zp: int,
+                     profile: Arithmetic = Arithmetic.TFLM) -> np.ndarray:
     """Output for every int8 input value (index ``q + 128``); -1000 marks values below the zero
     point, on which TFLite's kernel fails."""
-    # SetRsqrtOutputMultiplier: 1 / (sqrtf(input_scale) * output_scale), float32 product.
-    denom = np.float32(np.sqrt(np.float32(in_scale))) * np.float32(out_scale)
-    mult, shift = quant.quantize_multiplier(1.0 / float(denom))
-    k_shift = 20  # keeps the intermediate 1/sqrt an integer
+    mult, shift = rsqrt_output_multiplier(in_scale, out_scale, profile)
     table = np.empty(256, dtype=np.int64)
     for q in range(-128, 128):
         value = q - in_zp
@@ -360,11 +387,23 @@ def rsqrt_int8_table(in_scale: float, in_zp: int, out_scale: float, out_zp: int)
         if value == 0:
             table[q + 128] = 127
             continue
-        inv, inv_shift = inv_sqrt_quantized_multiplier_exp(value, -1)
-        data = _mbqm(1, inv, inv_shift + k_shift)
-        res = _mbqm(data, mult, shift - k_shift) + out_zp
-        table[q + 128] = min(max(res, -128), 127)
+        table[q + 128] = min(max(rsqrt_newton(value, mult, shift) + out_zp, -128), 127)
     return table
+
+
+def _rsqrt_int16_tflm(x: np.ndarray, t: Tensor, out: Tensor) -> np.ndarray:
+    """TFLM's int16 RSQRT: the int8 Newton-Raphson path per distinct value, int16 range."""
+    s_in, z_in = _per_tensor(t, "input")
+    s_out, z_out = _per_tensor(out, "output")
+    if (z_in, z_out) != (0, 0):
+        raise ValueError("int16 RSQRT needs zero points 0 (symmetric 16x8 quantization)")
+    if np.any(x < z_in):
+        raise ValueError("RSQRT input below its zero point (a negative real value): TFLite fails")
+    mult, shift = rsqrt_output_multiplier(s_in, s_out, Arithmetic.TFLM)
+    values, inverse = np.unique(x.astype(np.int64), return_inverse=True)
+    mapped = np.array([fp.INT16_MAX if v == 0 else rsqrt_newton(int(v), mult, shift)
+                       for v in values.tolist()], dtype=np.int64)
+    return np.clip(mapped[inverse].reshape(x.shape), fp.INT16_MIN, fp.INT16_MAX)
 
 
 def _round_away_f32(v: np.ndarray) -> np.ndarray:
@@ -428,12 +467,13 @@ def rsqrt(ctx: OpContext) -> list[np.ndarray]:
         with np.errstate(divide="ignore", invalid="ignore"):
             return [_finish(np.float32(1.0) / np.sqrt(x.astype(np.float32)), out)]
     if out.dtype is DType.INT16:
-        return [_finish(_rsqrt_int16(x, t, out), out)]
+        tflm = ctx.profile is Arithmetic.TFLM
+        return [_finish(_rsqrt_int16_tflm(x, t, out) if tflm else _rsqrt_int16(x, t, out), out)]
     if out.dtype is not DType.INT8:
         raise ValueError(f"RSQRT supports float32, int8 and int16, not {out.dtype.value}")
     s_in, z_in = _per_tensor(t, "input")
     s_out, z_out = _per_tensor(out, "output")
-    table = rsqrt_int8_table(s_in, z_in, s_out, z_out)
+    table = rsqrt_int8_table(s_in, z_in, s_out, z_out, ctx.profile)
     res = table[x.astype(np.int64) + 128]
     if np.any(res == -1000):
         raise ValueError(f"RSQRT input below its zero point {z_in} (a negative real value): TFLite fails")

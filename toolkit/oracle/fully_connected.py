@@ -11,11 +11,17 @@ dimensions followed by ``units`` with ``keep_num_dims``.  Paths:
 * int8 with a per-channel filter (axis 0): ``reference_integer_ops::FullyConnectedPerChannel``
   (scales overload): ``acc = Σ w (x − x_zp) + bias`` (no filter offset).
 
-Unlike the convolutions, LiteRT's reference FC does not requantize with a fixed-point
-multiplier: it computes ``(int32) round(double(acc) · double(in_scale) · double(w_scale[u]) /
-double(out_scale))`` (``std::round``: half away from zero), adds the output zero point and
-clamps to the fused activation's range.  (The fixed-point ``MultiplyByQuantizedMultiplier``
-differs from it in about one output in a thousand.)
+Requantization depends on the arithmetic profile (:mod:`toolkit.oracle.profile`):
+
+* ``LITERT``: LiteRT's reference FC does not requantize with a fixed-point multiplier: it
+  computes ``(int32) round(double(acc) · double(in_scale) · double(w_scale[u]) /
+  double(out_scale))`` (``std::round``: half away from zero), adds the output zero point and
+  clamps to the fused activation's range.
+* ``TFLM`` and ``TFLITE_2_14``: ``MultiplyByQuantizedMultiplier`` like the convolutions, with
+  the multiplier of ``CalculateOpDataFullyConnected``: per channel ``double(in_scale) ·
+  double(w_scale[u]) / double(out_scale)``; per tensor ``GetQuantizedConvolutionMultipler``,
+  whose product ``in_scale · w_scale`` is taken in float32.  (The two schemes differ in about
+  one output in a thousand.)
 
 Exactness of the integer sums via float64 matrix products: see ``toolkit.oracle.conv``.
 """
@@ -26,12 +32,14 @@ import numpy as np
 
 from toolkit.model.ir import DType, FullyConnectedOptions
 from toolkit.oracle.conv import (
+    Requantizer,
     add_bias,
     exact_int64,
     filter_scales,
     float_activation,
     per_tensor_params,
 )
+from toolkit.oracle.profile import Arithmetic
 from toolkit.oracle.quant import (
     INT32_MAX,
     INT32_MIN,
@@ -99,6 +107,10 @@ def _quantized(ctx: OpContext, x2: np.ndarray, w: np.ndarray, bias: np.ndarray |
     elif w_t.dtype is DType.UINT8:
         raise ValueError("FULLY_CONNECTED: uint8 filters must be quantized per tensor")
     acc = wrap_int32(add_bias(exact_int64((x2 - in_zp) @ wf.T), bias, units))
+    if ctx.profile is not Arithmetic.LITERT:
+        requantizer = Requantizer.create(in_scale, scales, out_t, opts.activation,
+                                         float32_product=not w_t.quant.per_channel)
+        return requantizer.apply(acc)
     effective = np.array([in_scale * float(s) / out_scale for s in scales], dtype=np.float64)
     out = wrap_int32(round_to_int32(acc * effective) + out_zp)
     lo, hi = activation_range_quantized(opts.activation.value, out_scale, out_zp, out_t.dtype.numpy)

@@ -9,14 +9,19 @@
   the two scales.
 * DEQUANTIZE int8/uint8/int16 → float32: ``float(double(scale) · (q − zero_point))``, which is the
   correctly rounded float32 of the exact product (per-tensor and per-channel alike); float16 →
-  float32 is exact.
+  float32 is exact.  TensorFlow Lite Micro dequantizes with the first scale and zero point only,
+  which gives other channels a wrong value; the ``TFLM`` profile computes the per-channel result
+  anyway and logs a warning.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from toolkit.model.ir import DType, QuantParams
+from toolkit.oracle.profile import Arithmetic
 from toolkit.oracle.quant import (
     dtype_range,
     multiply_by_quantized_multiplier,
@@ -24,6 +29,8 @@ from toolkit.oracle.quant import (
     wrap_int32,
 )
 from toolkit.oracle.registry import OpContext, register
+
+log = logging.getLogger(__name__)
 
 F32 = np.float32
 _QUANTIZED_OUT = (DType.INT8, DType.UINT8, DType.INT16)
@@ -129,6 +136,9 @@ def dequantize(ctx: OpContext) -> list[np.ndarray]:
     if inp.dtype not in _QUANTIZED_OUT:
         raise ValueError(f"DEQUANTIZE from {inp.dtype.value} is not supported")
     q = _quant(inp.quant, "input")
+    if q.per_channel and ctx.profile is Arithmetic.TFLM:
+        log.warning("%s: TFLite Micro would dequantize every channel with the first channel's "
+                    "parameters; computing the per-channel result", ctx.op.label)
     if inp.dtype is DType.INT16 and any(z != 0 for z in q.zero_point):
         raise ValueError("DEQUANTIZE from int16 needs zero point 0")
     scale, zp = _params(q, x)
