@@ -370,11 +370,27 @@ def assert_same(
         )
 
 
+def skip_on_tflite_runtime(reason: str, when: bool = True) -> None:
+    """Skip the calling test under tflite-runtime 2.14 (``BOARDFIT_INTERPRETER=tflite-runtime``)
+    when it exercises what only LiteRT supports; ``reason`` says what 2.14 lacks or gets wrong
+    (refused at prepare, ``abort()``, a known bug)."""
+    from toolkit.interp import backend_name
+
+    if when and backend_name() == "tflite-runtime":
+        import pytest
+
+        pytest.skip(f"tflite-runtime 2.14 {reason}")
+
+
 def _oracle_factory() -> Callable[[Graph], Any]:
-    """The oracle class (a seam so that tests of this module can substitute a stand-in)."""
+    """Graph → oracle, with the arithmetic profile of the interpreter backend in use (LiteRT's or
+    tflite-runtime 2.14's reference kernels); a seam so that tests of this module can substitute
+    a stand-in."""
+    from toolkit.interp import arithmetic_profile
     from toolkit.oracle import Oracle
 
-    return Oracle
+    profile = arithmetic_profile()
+    return lambda graph: Oracle(graph, profile=profile)
 
 
 def _reader() -> Callable[[bytes], Graph] | None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from tests.opgen import GraphBuilder, check_against_interpreter, qrange
+from tests.opgen import GraphBuilder, check_against_interpreter, qrange, skip_on_tflite_runtime
 from toolkit.errors import InterpreterError, OracleError
 from toolkit.interp import ReferenceInterpreter
 from toolkit.model.ir import Graph, LeakyReluOptions, OpOptions, QuantParams, SoftmaxOptions
@@ -255,6 +255,7 @@ PRELU_IDS = ["x".join(map(str, a)) + "_" + "x".join(map(str, b)) for a, b in PRE
 @pytest.mark.parametrize("dtype", ["int8", "uint8", "float32"])
 def test_prelu(dtype: str, shapes: tuple[tuple[int, ...], tuple[int, ...]], rng: np.random.Generator) -> None:
     x_shape, a_shape = shapes
+    skip_on_tflite_runtime("aborts on a 5-D PRELU", len(x_shape) == 5)
     for _ in range(4):
         b = GraphBuilder(f"PRELU_{dtype}")
         if dtype == "float32":
@@ -361,6 +362,7 @@ REQUANTIZE_PAIRS = [("int8", "int8"), ("int8", "uint8"), ("uint8", "int8"), ("ui
 @pytest.mark.parametrize("types", REQUANTIZE_PAIRS, ids=lambda t: f"{t[0]}-{t[1]}")
 def test_requantize(types: tuple[str, str], rng: np.random.Generator) -> None:
     src, dst = types
+    skip_on_tflite_runtime("cannot requantize 8-bit to int16", src != "int16" and dst == "int16")
     for k in range(8):
         qi = rand_qp(rng, src)
         qo = rand_qp(rng, dst)
