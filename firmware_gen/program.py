@@ -16,6 +16,7 @@ Memory layout rules that make sizes exact on any link order:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,9 @@ from toolkit.errors import BuildError
 from toolkit.model.ir import DType, Graph, Op, Tensor, VariableOptions
 
 ALIGN = 8  # alignment of the arena, every weight/state array and the params object
+MAX_RANK = 6  # BF_MAX_RANK of firmware_gen/runtime/bf_model_api.h
+NO_PLAN_HASH = "0" * 64  # bf_plan_hash when no compression plan was applied
+API_NAME_BYTES = 63  # tensor names in the model API are cut to this many UTF-8 bytes
 
 CTYPES: dict[DType, str] = {
     DType.INT8: "int8_t",
@@ -88,6 +92,43 @@ class IOSpec:
     @property
     def dtype_code(self) -> int:
         return DTYPE_CODES[self.dtype]
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """``shape`` padded with zeros to MAX_RANK entries (bf_tensor_spec.dims)."""
+        return (*self.shape, *(0,) * (MAX_RANK - len(self.shape)))
+
+    @property
+    def api_name(self) -> bytes:
+        """The name as the model API carries it: UTF-8, at most API_NAME_BYTES bytes, cut at a
+        character boundary (the graph index identifies the tensor; the name is for people)."""
+        raw = self.name.encode("utf-8")[:API_NAME_BYTES]
+        return raw.decode("utf-8", "ignore").encode("utf-8")
+
+
+@dataclass(frozen=True)
+class DebugTensor:
+    """An intermediate tensor a debug build keeps: right after op ``op_index`` ran, its bytes are
+    copied from the arena (``spec.offset``) to ``debug_offset`` in the debug area, where
+    bf_model_tensor() finds them after the invocation (the arena may reuse them meanwhile)."""
+
+    id: int
+    op_index: int
+    spec: IOSpec
+    debug_offset: int
+
+
+@dataclass(frozen=True)
+class DebugPlan:
+    """Every op output in op order, each in its own 8-byte aligned slot of the debug area."""
+
+    tensors: tuple[DebugTensor, ...]
+    size: int
+
+    def range_of(self, op_index: int) -> tuple[int, int]:
+        """(first id, count) of the tensors op ``op_index`` writes (count 0: none)."""
+        ids = [t.id for t in self.tensors if t.op_index == op_index]
+        return (ids[0], len(ids)) if ids else (0, 0)
 
 
 @dataclass(frozen=True)
@@ -183,6 +224,13 @@ class ModelProgram:
     outputs: tuple[IOSpec, ...]
     kernel_families: tuple[str, ...]  # sorted families (kernels/<variant>/<family>.c)
     symbols: tuple[str, ...]  # sorted kernel symbols called
+    debug: DebugPlan = field(default_factory=lambda: DebugPlan((), 0))
+    plan_hash: str = NO_PLAN_HASH  # hex sha256 of the compression plan (zeros: none)
+
+    @property
+    def num_layers(self) -> int:
+        """bf_model_num_layers: one per step (BF_LAYER_HOOK(i) runs after step i = op i)."""
+        return len(self.steps)
 
     @property
     def weights_bytes(self) -> int:
@@ -245,8 +293,13 @@ def default_arena(graph: Graph, calls: Mapping[int, KernelCall], strategy: str =
     return plan_arena(graph, scratch=scratch, in_place=in_place, strategy=strategy, alignment=ALIGN)
 
 
-def build_program(graph: Graph, *, arena: ArenaPlan | None = None, strategy: str = "greedy") -> ModelProgram:
-    """Lower, plan and lay out ``graph``; raises UnsupportedOp / BuildError with the op named."""
+def build_program(
+    graph: Graph, *, arena: ArenaPlan | None = None, strategy: str = "greedy", plan_hash: str | None = None
+) -> ModelProgram:
+    """Lower, plan and lay out ``graph``; raises UnsupportedOp / BuildError with the op named.
+
+    ``plan_hash`` (64 hex digits) identifies the compression plan the graph was made with; the
+    device reports it next to the model hash (32 zero bytes when None)."""
     if not graph.ops:
         raise BuildError(f"model {graph.name!r} has no operators")
     calls = lower_graph(graph)
@@ -258,6 +311,8 @@ def build_program(graph: Graph, *, arena: ArenaPlan | None = None, strategy: str
     states, inits = _state_arrays(graph)
     builder = _ProgramBuilder(graph, plan, {w.tensor: w for w in weights}, states)
     steps = tuple(builder.step(op, calls.get(op.index)) for op in graph.ops)
+    if any(s.op_index != k for k, s in enumerate(steps)):
+        raise BuildError(f"model {graph.name!r}: op indices are not their positions; layer hooks need them")
     return ModelProgram(
         graph=graph,
         name=graph.name,
@@ -273,7 +328,29 @@ def build_program(graph: Graph, *, arena: ArenaPlan | None = None, strategy: str
         outputs=tuple(_io_spec(graph, plan, k, t) for k, t in enumerate(graph.outputs)),
         kernel_families=tuple(sorted({c.family for c in calls.values()})),
         symbols=tuple(sorted({c.symbol for c in calls.values()})),
+        debug=_debug_plan(graph, plan),
+        plan_hash=_check_hash(plan_hash if plan_hash is not None else NO_PLAN_HASH, "plan hash"),
     )
+
+
+def _check_hash(value: str, what: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise BuildError(f"{what} must be 64 lowercase hex digits (a sha256), got {value!r}")
+    return value
+
+
+def _debug_plan(graph: Graph, plan: ArenaPlan) -> DebugPlan:
+    """The debug area: every op output (activations only), in op order."""
+    tensors: list[DebugTensor] = []
+    cursor = 0
+    for op in graph.ops:
+        for index in op.outputs:
+            if index < 0 or graph.tensors[index].is_constant or graph.tensors[index].dtype is DType.RESOURCE:
+                continue
+            spec = _io_spec(graph, plan, len(tensors), index)
+            tensors.append(DebugTensor(len(tensors), op.index, spec, cursor))
+            cursor += round_up(max(1, spec.nbytes))
+    return DebugPlan(tuple(tensors), cursor)
 
 
 def _check_arena_covers(graph: Graph, plan: ArenaPlan) -> None:
@@ -292,6 +369,8 @@ def _io_spec(graph: Graph, plan: ArenaPlan, position: int, index: int) -> IOSpec
     t = graph.tensors[index]
     if t.is_constant:
         raise BuildError(f"graph input/output {t.name!r} is a constant; boardfit needs activations")
+    if len(t.shape) > MAX_RANK:
+        raise BuildError(f"tensor {t.name!r} has rank {len(t.shape)}; the device API allows {MAX_RANK}")
     q = t.quant
     scale = q.scale[0] if q is not None and not q.per_channel else None
     zp = q.zero_point[0] if q is not None and not q.per_channel else None

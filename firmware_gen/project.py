@@ -3,6 +3,7 @@
 ``generate_project(graph, out_dir)`` writes::
 
     model.h  model.c            the model (weights, arena, parameters, call sequence)
+    bf_model_api.h              what the serial runtime needs from a model (model.c implements it)
     kernels/include/bf_kernels.h
     kernels/<variant>/…         only the kernel sources the model calls, plus their headers
     bf_host_main.c              a host test driver (files in, files out)
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from firmware_gen import cdecl
 from firmware_gen.arena import ArenaPlan
 from firmware_gen.program import DTYPE_CODES, ModelProgram, Pointer, build_program
@@ -43,6 +46,8 @@ log = logging.getLogger(__name__)
 GENERATOR_VERSION = "0.1.0"
 DEFAULT_VARIANTS: tuple[str, ...] = ("ref",)
 KERNELS = "kernels"
+RUNTIME = "runtime"
+MODEL_API_HEADER = "bf_model_api.h"
 
 
 @dataclass(frozen=True)
@@ -139,9 +144,15 @@ def _layer_outputs(program: ModelProgram) -> list[tuple[int, int, Pointer]]:
     return out
 
 
+def runtime_file(name: str) -> bytes:
+    """A file of the device runtime (``firmware_gen/runtime``), from the installed package."""
+    return importlib.resources.files("firmware_gen").joinpath(RUNTIME).joinpath(name).read_bytes()
+
+
 def render_project(program: ModelProgram, variants: Sequence[str] = DEFAULT_VARIANTS) -> dict[str, bytes]:
     """Every file of the project as relative path -> bytes (nothing is written)."""
     files = _kernel_files(program.kernel_families, variants)
+    files[MODEL_API_HEADER] = runtime_file(MODEL_API_HEADER)
     sources = _library_sources(files)
     include_dirs = _include_dirs(files)
     ctx: dict[str, Any] = {
@@ -153,6 +164,10 @@ def render_project(program: ModelProgram, variants: Sequence[str] = DEFAULT_VARI
         "dtype_codes": sorted(((d.name, c) for d, c in DTYPE_CODES.items()), key=lambda x: x[1]),
         "per_line": _per_line,
         "layer_outputs": _layer_outputs(program),
+        "model_hash_bytes": np.frombuffer(bytes.fromhex(program.model_hash), dtype=np.uint8),
+        "plan_hash_bytes": np.frombuffer(bytes.fromhex(program.plan_hash), dtype=np.uint8),
+        "debug_arena_offsets": np.array([d.spec.offset for d in program.debug.tensors], dtype=np.uint32),
+        "debug_offsets": np.array([d.debug_offset for d in program.debug.tensors], dtype=np.uint32),
         "sources": sources,
         "include_dirs": include_dirs,
     }
@@ -185,6 +200,7 @@ def generate_project(
     variants: Sequence[str] = DEFAULT_VARIANTS,
     strategy: str = "greedy",
     predict_sizes: bool = True,
+    plan_hash: str | None = None,
 ) -> GeneratedProject:
     """Lower, plan, render and write the C project for ``graph`` into ``out_dir``.
 
@@ -194,8 +210,9 @@ def generate_project(
     this machine) is the target of the predicted sizes: its toolchain compiles each kernel once
     (cached) to measure kernel code; weights, parameters, arena and state are exact without it.
     Files are written only when their bytes change, so an unchanged model keeps its build.
+    ``plan_hash`` (hex sha256 of the compression plan) is what the device reports as its plan.
     """
-    program = build_program(graph, arena=plan, strategy=strategy)
+    program = build_program(graph, arena=plan, strategy=strategy, plan_hash=plan_hash)
     files = render_project(program, variants)
     out = Path(out_dir)
     for rel, data in files.items():

@@ -8,7 +8,13 @@
  *  - kernel parameters: the one object bf_params in .rodata.bf_params (flash);
  *  - activations and scratch: the static arena bf_arena in .bss.bf_arena, 1536 bytes
  *    (greedy plan; tensors whose live ranges do not overlap share bytes);
- *  - state of streaming models: .bss.bf_state / .data.bf_state, 0 bytes.
+ *  - state of streaming models: .bss.bf_state / .data.bf_state, 0 bytes;
+ *  - the model API of the serial runtime (bf_model_api.h: tensor specs, hashes, counts) in
+ *    .rodata.bf_api (flash, counted with the runtime, not the model);
+ *  - debug builds only (BF_MODEL_DEBUG): a copy of every intermediate tensor, taken right after
+ *    the op that writes it, in .bss.bf_debug, 2592 bytes.  The arena plan is the
+ *    release plan, so a debug build computes exactly what the release build computes; the
+ *    copies are what make every intermediate readable after bf_model_invoke() returns.
  * Every array is 8-byte aligned and a multiple of 8 bytes long, so section sizes do not depend
  * on link order.  Define BF_WEIGHTS_ATTR, BF_PARAMS_ATTR, BF_ARENA_ATTR or BF_STATE_ATTR to
  * place them elsewhere, and BF_LAYER_HOOK(index) to run code after every layer.
@@ -19,6 +25,9 @@
 
 #include "bf_kernels.h"
 #include "model.h"
+/* After model.h: the runtime's view of the same functions, checked against the definitions
+ * below; with BF_PROFILE_LAYERS it defines BF_LAYER_HOOK to the runtime's layer timer. */
+#include "bf_model_api.h"
 
 #if BF_KERNELS_ABI_VERSION != 1
 #error "model.c was generated for bf_kernels ABI version 1"
@@ -63,8 +72,25 @@
 #ifndef BF_STATE_DATA_ATTR
 #define BF_STATE_DATA_ATTR BF_PLACE(".data.bf_state") BF_ALIGNED8
 #endif
+#ifndef BF_API_ATTR
+#if defined(__PIC__)
+/* The specs hold name pointers: with position-independent code they go to .data.rel.ro. */
+#define BF_API_ATTR
+#else
+#define BF_API_ATTR BF_PLACE(".rodata.bf_api")
+#endif
+#endif
+#ifndef BF_DEBUG_ATTR
+#define BF_DEBUG_ATTR BF_PLACE(".bss.bf_debug") BF_ALIGNED8
+#endif
 #ifndef BF_LAYER_HOOK
 #define BF_LAYER_HOOK(index) ((void)0)
+#endif
+#ifdef BF_MODEL_DEBUG
+static void bf_debug_keep(uint32_t first, uint32_t count);
+#define BF_DEBUG_KEEP(first, count) bf_debug_keep((first), (count))
+#else
+#define BF_DEBUG_KEEP(first, count) ((void)0)
 #endif
 
 /* ---------------------------------------------------------------------------------------- */
@@ -423,24 +449,31 @@ int bf_model_invoke(void) {
     /* 0: CONV_2D digits_cnn_1/conv2d_1/Relu;digits_cnn_1/conv2d_1/BiasAdd;digits_cnn_1/conv2d_1/convolution;digits_cnn_1/conv2d_1/Squeeze1 */
     bf_conv2d_s8(&bf_params.op0, (const int8_t *)&bf_arena[512], bf_w11_digits_cnn_1_conv2d_1_convolution, bf_w10_digits_cnn_1_conv2d_1_Relu_digits_cnn_1, (int8_t *)&bf_arena[0], NULL);
     BF_LAYER_HOOK(0);
+    BF_DEBUG_KEEP(0u, 1u);
     /* 1: DEPTHWISE_CONV_2D digits_cnn_1/depthwise_conv2d_1/Relu;digits_cnn_1/depthwise_conv2d_1/BiasAdd;digits_cnn_1/depthwise_conv2d_1/depthwise;digits_cnn_1/depthwise_conv2d_1/Squeeze1 */
     bf_depthwise_conv2d_s8(&bf_params.op1, (const int8_t *)&bf_arena[0], bf_w9_digits_cnn_1_depthwise_conv2d_1_depthwis, bf_w8_digits_cnn_1_depthwise_conv2d_1_Relu_dig, (int8_t *)&bf_arena[1024], NULL);
     BF_LAYER_HOOK(1);
+    BF_DEBUG_KEEP(1u, 1u);
     /* 2: CONV_2D digits_cnn_1/conv2d_1_2/Relu;digits_cnn_1/conv2d_1_2/BiasAdd;digits_cnn_1/conv2d_1_2/convolution;digits_cnn_1/conv2d_1_2/Squeeze1 */
     bf_conv2d_s8(&bf_params.op2, (const int8_t *)&bf_arena[1024], bf_w7_digits_cnn_1_conv2d_1_2_convolution, bf_w6_digits_cnn_1_conv2d_1_2_Relu_digits_cnn, (int8_t *)&bf_arena[0], NULL);
     BF_LAYER_HOOK(2);
+    BF_DEBUG_KEEP(2u, 1u);
     /* 3: MAX_POOL_2D digits_cnn_1/max_pooling2d_1/MaxPool2d */
     bf_maxpool_s8(&bf_params.op3, (const int8_t *)&bf_arena[0], (int8_t *)&bf_arena[1024]);
     BF_LAYER_HOOK(3);
+    BF_DEBUG_KEEP(3u, 1u);
     /* 4: RESHAPE digits_cnn_1/flatten_1/Reshape */
     bf_reshape_any(&bf_params.op4, (const void *)&bf_arena[1024], (void *)&bf_arena[1024]);
     BF_LAYER_HOOK(4);
+    BF_DEBUG_KEEP(4u, 1u);
     /* 5: FULLY_CONNECTED digits_cnn_1/dense_1/MatMul;digits_cnn_1/dense_1/BiasAdd */
     bf_fully_connected_s8(&bf_params.op5, (const int8_t *)&bf_arena[1024], bf_w5_digits_cnn_1_dense_1_MatMul, bf_w4_digits_cnn_1_dense_1_BiasAdd, (int8_t *)&bf_arena[0], NULL);
     BF_LAYER_HOOK(5);
+    BF_DEBUG_KEEP(5u, 1u);
     /* 6: SOFTMAX StatefulPartitionedCall_1:0 */
     bf_softmax_s8(&bf_params.op6, (const int8_t *)&bf_arena[0], (int8_t *)&bf_arena[0]);
     BF_LAYER_HOOK(6);
+    BF_DEBUG_KEEP(6u, 1u);
     return 0;
 }
 
@@ -493,5 +526,81 @@ const void *bf_model_layer_output(uint32_t index, uint32_t *bytes) {
         *bytes = 0;
         return NULL;
     }
+}
+#endif
+
+/* ---------------------------------------------------------------------------------------- */
+/* The model API of the serial runtime (firmware_gen/runtime/bf_model_api.h)                */
+
+static const char bf_api_input_name0[] BF_API_ATTR = "serving_default_image:0";
+static const char bf_api_output_name0[] BF_API_ATTR = "StatefulPartitionedCall_1:0";
+
+const uint32_t bf_model_num_inputs BF_API_ATTR = 1u;
+const uint32_t bf_model_num_outputs BF_API_ATTR = 1u;
+const uint32_t bf_model_arena_bytes BF_API_ATTR = 1536u;
+const uint32_t bf_model_num_layers BF_API_ATTR = 7u;
+
+/* name, graph tensor index, bytes, dims, scale, zero point, dtype, rank */
+const bf_tensor_spec bf_model_input_specs[1] BF_API_ATTR = {
+    { bf_api_input_name0, 0, 64u, { 1, 8, 8, 1, 0, 0 }, 0x1.010102p-8f, -128, BF_DTYPE_INT8, 4 },
+};
+const bf_tensor_spec bf_model_output_specs[1] BF_API_ATTR = {
+    { bf_api_output_name0, 21, 10u, { 1, 10, 0, 0, 0, 0 }, 0x1p-8f, -128, BF_DTYPE_INT8, 2 },
+};
+
+/* sha256 of the graph (toolkit.model.ir.Graph.content_hash) and of the compression plan. */
+const uint8_t bf_model_hash[32] BF_API_ATTR = {
+    27, 251, 9, 100, 75, 67, 144, 182, 231, 111, 228, 33, 7, 13, 166, 205,
+    70, 213, 196, 26, 131, 166, 241, 80, 96, 78, 177, 124, 177, 70, 94, 126,
+};
+const uint8_t bf_plan_hash[32] BF_API_ATTR = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+};
+
+#ifdef BF_MODEL_DEBUG
+const uint32_t bf_model_num_tensors BF_API_ATTR = 7u;
+
+static uint8_t bf_debug[2592] BF_DEBUG_ATTR;
+static const char bf_api_tensor_name0[] BF_API_ATTR = "digits_cnn_1/conv2d_1/Relu;digits_cnn_1/conv2d_1/BiasAdd;digits";
+static const char bf_api_tensor_name1[] BF_API_ATTR = "digits_cnn_1/depthwise_conv2d_1/Relu;digits_cnn_1/depthwise_con";
+static const char bf_api_tensor_name2[] BF_API_ATTR = "digits_cnn_1/conv2d_1_2/Relu;digits_cnn_1/conv2d_1_2/BiasAdd;di";
+static const char bf_api_tensor_name3[] BF_API_ATTR = "digits_cnn_1/max_pooling2d_1/MaxPool2d";
+static const char bf_api_tensor_name4[] BF_API_ATTR = "digits_cnn_1/flatten_1/Reshape";
+static const char bf_api_tensor_name5[] BF_API_ATTR = "digits_cnn_1/dense_1/MatMul;digits_cnn_1/dense_1/BiasAdd";
+static const char bf_api_tensor_name6[] BF_API_ATTR = "StatefulPartitionedCall_1:0";
+
+/* Intermediate tensors in op order: the op that writes each, where it lives in the arena when
+ * that op has run and where its copy lives in bf_debug. */
+static const bf_tensor_spec bf_debug_specs[7] BF_API_ATTR = {
+    { bf_api_tensor_name0, 12, 512u, { 1, 8, 8, 8, 0, 0 }, 0x1.9594d6p-7f, -128, BF_DTYPE_INT8, 4 }, /* op 0 */
+    { bf_api_tensor_name1, 13, 512u, { 1, 8, 8, 8, 0, 0 }, 0x1.53a6bap-6f, -128, BF_DTYPE_INT8, 4 }, /* op 1 */
+    { bf_api_tensor_name2, 14, 1024u, { 1, 8, 8, 16, 0, 0 }, 0x1.ed57eap-6f, -128, BF_DTYPE_INT8, 4 }, /* op 2 */
+    { bf_api_tensor_name3, 15, 256u, { 1, 4, 4, 16, 0, 0 }, 0x1.ed57eap-6f, -128, BF_DTYPE_INT8, 4 }, /* op 3 */
+    { bf_api_tensor_name4, 19, 256u, { 1, 256, 0, 0, 0, 0 }, 0x1.ed57eap-6f, -128, BF_DTYPE_INT8, 2 }, /* op 4 */
+    { bf_api_tensor_name5, 20, 10u, { 1, 10, 0, 0, 0, 0 }, 0x1.9f71aep-3f, 65, BF_DTYPE_INT8, 2 }, /* op 5 */
+    { bf_api_tensor_name6, 21, 10u, { 1, 10, 0, 0, 0, 0 }, 0x1p-8f, -128, BF_DTYPE_INT8, 2 }, /* op 6 */
+};
+static const uint32_t bf_debug_arena_offsets[7] BF_API_ATTR = {
+    0u, 1024u, 0u, 1024u, 1024u, 0u, 0u,
+};
+static const uint32_t bf_debug_offsets[7] BF_API_ATTR = {
+    0u, 512u, 1024u, 2048u, 2304u, 2560u, 2576u,
+};
+
+static void bf_debug_keep(uint32_t first, uint32_t count) {
+    uint32_t k;
+    for (k = first; k < first + count; ++k) {
+        memcpy(&bf_debug[bf_debug_offsets[k]], &bf_arena[bf_debug_arena_offsets[k]], bf_debug_specs[k].bytes);
+    }
+}
+
+int bf_model_tensor(uint32_t id, const void **data, bf_tensor_spec *spec) {
+    if (id >= bf_model_num_tensors) {
+        return -1;
+    }
+    *data = &bf_debug[bf_debug_offsets[id]];
+    *spec = bf_debug_specs[id];
+    return 0;
 }
 #endif

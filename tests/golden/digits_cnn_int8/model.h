@@ -25,12 +25,16 @@ extern "C" {
 
 #define BF_MODEL_NAME "digits_cnn_int8"
 #define BF_MODEL_HASH "1bfb09644b4390b6e76fe421070da6cd46d5c41a83a6f150604eb17cb1465e7e"
+#define BF_MODEL_PLAN_HASH "0000000000000000000000000000000000000000000000000000000000000000"
 #define BF_MODEL_GENERATOR_VERSION "0.1.0"
 
 /* Memory the model needs, in bytes (exact). */
 #define BF_MODEL_ARENA_BYTES 1536u
 #define BF_MODEL_STATE_BYTES 0u
 #define BF_MODEL_WEIGHTS_BYTES 3000u
+/* Debug builds (BF_MODEL_DEBUG) also keep a copy of every intermediate tensor in RAM. */
+#define BF_MODEL_DEBUG_BYTES 2592u
+#define BF_MODEL_NUM_TENSORS 7
 
 #define BF_MODEL_NUM_INPUTS 1
 #define BF_MODEL_NUM_OUTPUTS 1

@@ -25,12 +25,16 @@ extern "C" {
 
 #define BF_MODEL_NAME "digits_stream_int8"
 #define BF_MODEL_HASH "696dbca56e06c31630aaca6f5d6b5cb7a8ccfbd064cf455fa58586ac6be2746b"
+#define BF_MODEL_PLAN_HASH "0000000000000000000000000000000000000000000000000000000000000000"
 #define BF_MODEL_GENERATOR_VERSION "0.1.0"
 
 /* Memory the model needs, in bytes (exact). */
 #define BF_MODEL_ARENA_BYTES 128u
 #define BF_MODEL_STATE_BYTES 64u
 #define BF_MODEL_WEIGHTS_BYTES 2608u
+/* Debug builds (BF_MODEL_DEBUG) also keep a copy of every intermediate tensor in RAM. */
+#define BF_MODEL_DEBUG_BYTES 320u
+#define BF_MODEL_NUM_TENSORS 7
 
 #define BF_MODEL_NUM_INPUTS 1
 #define BF_MODEL_NUM_OUTPUTS 1
