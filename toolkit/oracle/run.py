@@ -8,7 +8,7 @@ Streaming models keep their variables across :meth:`Oracle.run` calls until :met
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,14 +36,26 @@ class Oracle:
     ``profile`` selects whose integer arithmetic is reproduced where TFLite implementations
     differ (see :class:`~toolkit.oracle.profile.Arithmetic`); the default is TFLite Micro's, which
     is what the generated C computes.
+
+    ``overrides`` maps op indices to replacement forwards for ops with one output: the function
+    receives the value of the op's input 0 (in its tensor's shape) and returns the output value,
+    whose dtype and shape are checked like a kernel's.  Compressed models run this way
+    (:mod:`toolkit.compress.model`).
     """
 
-    def __init__(self, graph: Graph, profile: Arithmetic = Arithmetic.TFLM) -> None:
+    def __init__(self, graph: Graph, profile: Arithmetic = Arithmetic.TFLM,
+                 overrides: Mapping[int, Callable[[np.ndarray], np.ndarray]] | None = None) -> None:
         self.graph = graph
         self.profile = Arithmetic(profile)
         for op in graph.ops:
             if op.opcode not in KERNELS and op.opcode not in ("READ_VARIABLE", "ASSIGN_VARIABLE"):
                 raise UnsupportedOp(op.opcode, op.index, tuple(sorted(KERNELS)))
+        self.overrides = dict(overrides or {})
+        ops = {op.index: op for op in graph.ops}
+        for i in self.overrides:
+            if i not in ops or len(ops[i].outputs) != 1 or not ops[i].inputs or ops[i].inputs[0] < 0:
+                raise OracleError(f"override for op {i}: {graph.name!r} has no op {i} with an input "
+                                  "and exactly one output")
         self._state: list[np.ndarray] = []
         self.reset()
 
@@ -83,8 +95,9 @@ class Oracle:
         ctx = OpContext(
             self.graph, op, tuple(values.get(i) if i >= 0 else None for i in op.inputs), self.profile
         )
+        override = self.overrides.get(op.index)
         try:
-            results = KERNELS[op.opcode](ctx)
+            results = [override(values[op.inputs[0]])] if override else KERNELS[op.opcode](ctx)
         except (ValueError, IndexError, KeyError) as exc:
             raise OracleError(f"{op.label}: {exc}") from exc
         for idx, res in zip(op.outputs, results, strict=False):
