@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from toolkit.errors import BoardfitError, BuildError, DataError, RunnerError
+from toolkit.errors import BoardfitError, BuildError, DataError, ProtocolError, RunnerError
 from toolkit.validate import report as rep
 
 if TYPE_CHECKING:
@@ -319,23 +319,28 @@ def device_port(runner: Runner, artifact: Path, port: str | None) -> Iterator[se
             link.close()
         return
     with runner.start(artifact) as session:
-        link = _open(session)
+        link = session.open_serial(timeout=0.01)
         try:
             yield link
+        except ProtocolError as exc:
+            _raise_if_dead(session, exc)
+            raise
         finally:
             link.close()
-            _check_session(session)
 
 
-def _open(session: Session) -> serial.SerialBase:
-    return session.open_serial(timeout=0.01)
-
-
-def _check_session(session: Session) -> None:
+def _raise_if_dead(session: Session, exc: ProtocolError) -> None:
+    """A link failure because the device program or emulator died is reported as that death,
+    quoting its stderr (e.g. "Invalid ELF image", "qemu: fatal: Lockup")."""
+    if session.poll() is None:
+        try:  # a program that closed its side of the link is about to exit
+            session.wait(0.5)
+        except RunnerError:
+            return  # still running: a link problem, not a death
     try:
         session.check_alive()
-    except RunnerError as exc:
-        log.warning("%s", exc)
+    except RunnerError as dead:
+        raise RunnerError(f"{dead}\n(the serial link reported: {exc})") from exc
 
 
 def connect(port: serial.SerialBase, program: DeviceProgram, stateful: bool,
@@ -535,7 +540,7 @@ def per_layer(graph: Graph, runner: Runner,
 # The whole flow
 
 
-def _read_model(path: Path) -> tuple[Graph, bytes]:
+def read_model(path: Path) -> tuple[Graph, bytes]:
     from toolkit.model.tflite import read_tflite
 
     raw = Path(path).read_bytes()
@@ -557,7 +562,7 @@ def validate(opts: ValidateOptions, *, build: Callable[..., DeviceProgram] = bui
     if opts.dry_run:
         raise BoardfitError("validate(): use dry_run() for a dry run")
     _reject_spec(opts.spec)
-    graph, raw = _read_model(opts.model)
+    graph, raw = read_model(opts.model)
     board = resolve_board(opts.board)
     precheck(graph, board)
     work = load_workload(graph, raw, opts.data, opts.samples, opts.frames)
@@ -600,7 +605,7 @@ def dry_run(opts: ValidateOptions) -> rep.DryRun:
     from targets.runners import CommandLog
 
     _reject_spec(opts.spec)
-    graph, raw = _read_model(opts.model)
+    graph, raw = read_model(opts.model)
     board = resolve_board(opts.board)
     precheck(graph, board)
     work = load_workload(graph, raw, opts.data, opts.samples, opts.frames)
