@@ -357,6 +357,7 @@ def test_fully_connected_requantizes_in_double(rng: np.random.Generator) -> None
 
 def test_fully_connected_rounds_ties_away_from_zero(rng: np.random.Generator) -> None:
     """Scales with s_in·s_w/s_out = 0.5 exactly: every odd accumulator is a tie (std::round)."""
+    skip_on_tflite_runtime("requantizes FC in fixed point, where negative ties round up")
     g = _one_channel_graph("FULLY_CONNECTED", "int8", QuantParams((0.5,), (0,)),
                            QuantParams((0.25,), (0,)), 1, 0, QuantParams((0.25,), (0,)))
     got = check_against_interpreter(g, [_all_values(g)], rng=rng)[0].reshape(-1)
