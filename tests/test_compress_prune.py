@@ -330,7 +330,8 @@ def test_c_huffman_decoder_reproduces_the_plain_stream(lib: _Library, rng: np.ra
                                                 "count_bits": table.count_bits, "codebook": ffi.NULL})
         lengths = ffi.new("uint8_t[]", coded.lengths_bytes)
         stream = ffi.new("uint8_t[]", coded.stream)
-        huff = ffi.new("bf_sparse_huffman *", {"code_lengths": lengths, "stream": stream, "block_rows": 1,
+        huff = ffi.new("bf_sparse_huffman *", {"code_lengths": lengths, "stream": stream,
+                                              "stream_bytes": len(coded.stream), "block_rows": 1,
                                               "block_bytes": 0, "table_bytes": len(plain)})
         scratch = ffi.new("uint8_t[]", int(lib.lib.bf_sparse_huffman_decode_scratch_bytes(layout)))
         assert len(scratch) == hf.decoder_bytes(k, b)

@@ -21,7 +21,8 @@ Decoding on the device (both costed exactly by the prune method):
 
 * ``boot``  — once, into a RAM copy of the plain table (``persistent_ram_bytes``);
 * ``layer`` — during every inference, ``block_rows`` rows at a time into a scratch buffer of
-  :func:`decoder_bytes` + the largest block's plain bytes (``ram_bytes``).
+  :func:`decoder_bytes` (with the lookup tables) + the largest block's plain bytes
+  (``ram_bytes``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from toolkit.compress.sparse_format import SparseTable, pack_fields, read_field,
 
 MAX_CODE_BITS = 15
 DECODER_COUNT_BYTES = 2 * 16  # uint16_t count[16] per alphabet (count[0] unused)
+LOOKUP_BITS = 7  # BF_HUFF_LUT_BITS of include/bf_sparse.h
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,9 +185,12 @@ def lengths_table_bytes(index_bits: int, value_bits: int) -> int:
     return ((1 << index_bits) + (1 << value_bits) + 1) // 2
 
 
-def decoder_bytes(index_bits: int, value_bits: int) -> int:
-    """RAM of the C decoder's tables: count[16] (uint16) and sorted symbols (uint8) per alphabet."""
-    return 2 * DECODER_COUNT_BYTES + (1 << index_bits) + (1 << value_bits)
+def decoder_bytes(index_bits: int, value_bits: int, lookup: bool = False) -> int:
+    """RAM of the C decoder's tables: count[16] (uint16) and sorted symbols (uint8) per alphabet,
+    plus (``lookup``, the per-block decoder) a uint16 table of 2**LOOKUP_BITS entries per
+    alphabet for the codes of at most LOOKUP_BITS bits."""
+    lut = 2 * 2 * (1 << LOOKUP_BITS) if lookup else 0
+    return 2 * DECODER_COUNT_BYTES + lut + (1 << index_bits) + (1 << value_bits)
 
 
 def encode_table(table: SparseTable, max_bits: int = MAX_CODE_BITS) -> HuffmanTable:

@@ -111,10 +111,9 @@ def scratch_bytes(g: Geometry, sw: SparseWeights) -> int:
     patch = _patch_bytes(g)
     if sw.mode == "plain":
         return patch
-    dec = decoder_bytes(t.index_bits, t.value_bits)
     if sw.mode == "layer":
-        return dec + sw.largest_block_bytes() + patch
-    return BOOT_TAG_BYTES + dec + t.stream_bytes + patch
+        return decoder_bytes(t.index_bits, t.value_bits, lookup=True) + sw.largest_block_bytes() + patch
+    return BOOT_TAG_BYTES + decoder_bytes(t.index_bits, t.value_bits) + t.stream_bytes + patch
 
 
 def _layout(sw: SparseWeights) -> Struct:
@@ -133,6 +132,7 @@ def _storage(sw: SparseWeights) -> list[tuple[str, FieldValue]]:
     fields: tuple[tuple[str, FieldValue], ...] = (
         ("code_lengths", ConstArray("uint8_t", tuple(h.lengths_bytes))),
         ("stream", ConstArray("uint8_t", tuple(h.stream))),
+        ("stream_bytes", len(h.stream)),
         ("block_rows", sw.block_rows),
         ("block_bytes", sw.largest_block_bytes()),
         ("table_bytes", sw.table.stream_bytes))

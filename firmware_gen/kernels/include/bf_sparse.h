@@ -28,11 +28,12 @@
  * value code lengths (nibbles, low first), `stream` per row the raw count then per entry the
  * canonical gap code and value code (each written MSB first).  Two ways to run them:
  *  - *_huff_s8 ("layer"): every call decodes `block_rows` rows at a time into scratch and runs
- *    them.  Scratch = decoder tables (64 + 2^k + 2^b bytes) + block_bytes (+ patch).
+ *    them.  Scratch = decoder tables with lookup tables (576 + 2^k + 2^b bytes) + block_bytes
+ *    (+ patch).
  *  - *_hboot_s8 ("boot"): the first call decodes the whole table into the scratch buffer, later
  *    calls reuse it.  **Their scratch is persistent**: a buffer owned by this call alone for the
  *    program's lifetime (not arena-shared), of *_hboot_s8_scratch_bytes() bytes =
- *    8 (tag) + decoder tables + table_bytes (+ patch).  The first 4 bytes hold a tag derived
+ *    8 (tag) + decoder tables without lookup tables (64 + 2^k + 2^b) + table_bytes (+ patch).  The first 4 bytes hold a tag derived
  *    from the params; any other content (e.g. uninitialised RAM) triggers a decode.
  * Streams must be the encoder's: the kernels do not re-validate positions or codes.
  */
@@ -60,6 +61,7 @@ typedef struct {
 typedef struct {
     const uint8_t *code_lengths;  /* ceil((2^k + 2^b) / 2) bytes */
     const uint8_t *stream;
+    int32_t stream_bytes;      /* bytes of stream (the decoder never reads past them) */
     int32_t block_rows;        /* rows decoded per block (layer mode), >= 1 */
     int32_t block_bytes;       /* plain bytes of the largest block (layer mode) */
     int32_t table_bytes;       /* plain bytes of the whole table (boot mode) */
@@ -323,20 +325,42 @@ static inline uint32_t bf_bitreader_get(bf_bitreader *r, int32_t width) {
     return v;
 }
 
-/* Bytes of the decoder tables: uint16_t count[16] per alphabet, then the symbols sorted by
- * (code length, symbol) as uint8_t, gap alphabet first. */
-static inline size_t bf_huffman_tables_bytes(const bf_sparse_layout *layout) {
-    return (size_t)64 + ((size_t)1 << layout->index_bits) + ((size_t)1 << layout->value_bits);
+/* The Huffman input: an LSB-first reader that knows where the stream ends.  Bytes past the end
+ * read as zeros: a valid stream never consumes them, the table decoder only peeks at them. */
+typedef struct {
+    const uint8_t *next;
+    const uint8_t *end;
+    uint32_t bits;
+    int32_t count;
+} bf_huffreader;
+
+static inline void bf_huffreader_init(bf_huffreader *r, const uint8_t *data, int32_t bytes) {
+    r->next = data;
+    r->end = data + bytes;
+    r->bits = 0u;
+    r->count = 0;
+}
+
+/* Decoder tables: uint16_t count[16] per alphabet (count[0] unused); with a lookup table, two
+ * uint16_t lut[1 << BF_HUFF_LUT_BITS] (entry = length << 8 | symbol for every code of at most
+ * BF_HUFF_LUT_BITS bits, indexed by the next stream bits; 0: longer code, decoded bit by bit);
+ * then the used symbols sorted by (length, symbol) as uint8_t, gap alphabet first.  Per-block
+ * decoding (the layer kernels) uses the lookup tables; whole-table decoding (boot) does
+ * without. */
+#define BF_HUFF_LUT_BITS 7
+static inline size_t bf_huffman_tables_bytes(const bf_sparse_layout *layout, int with_lut) {
+    return (size_t)64 + (with_lut ? (size_t)4 << BF_HUFF_LUT_BITS : 0u) +
+           ((size_t)1 << layout->index_bits) + ((size_t)1 << layout->value_bits);
 }
 
 /* Build the decoder tables (8-byte aligned `tables`) from the packed code lengths. */
 void bf_huffman_tables_init(const bf_sparse_layout *layout, const uint8_t *code_lengths,
-                            uint8_t *tables);
+                            uint8_t *tables, int with_lut);
 
 /* Decode the next `rows` rows from `in` into a plain stream at `out` (at most out_bytes bytes,
  * zero-padded to a byte). */
-void bf_huffman_decode_rows(const bf_sparse_layout *layout, const uint8_t *tables,
-                            bf_bitreader *in, int32_t rows, uint8_t *out, int32_t out_bytes);
+void bf_huffman_decode_rows(const bf_sparse_layout *layout, const uint8_t *tables, int with_lut,
+                            bf_huffreader *in, int32_t rows, uint8_t *out, int32_t out_bytes);
 
 /* The requantization of a sparse kernel, gathered from its params. */
 typedef struct {

@@ -113,11 +113,11 @@ static void bf_sparse_rows(const bf_sparse_layout *L, const bf_sparse_shape *S,
 #define BF_HBOOT_MAGIC 0x5B0F7AB1u
 
 static size_t bf_huff_scratch(const bf_sparse_layout *L, const bf_sparse_huffman *h) {
-    return bf_huffman_tables_bytes(L) + (size_t)h->block_bytes;
+    return bf_huffman_tables_bytes(L, 1) + (size_t)h->block_bytes;
 }
 
 static size_t bf_hboot_scratch(const bf_sparse_layout *L, const bf_sparse_huffman *h) {
-    return BF_HBOOT_TAG_BYTES + bf_huffman_tables_bytes(L) + (size_t)h->table_bytes;
+    return BF_HBOOT_TAG_BYTES + bf_huffman_tables_bytes(L, 0) + (size_t)h->table_bytes;
 }
 
 /* The decoded table of a boot variant: decoded on the first call (or whenever the tag does not
@@ -127,12 +127,12 @@ static const uint8_t *bf_hboot_table(const bf_sparse_layout *L, const bf_sparse_
     const uint32_t tag = BF_HBOOT_MAGIC ^ (uint32_t)(uintptr_t)h->stream ^ (uint32_t)h->table_bytes;
     uint32_t *stored = (uint32_t *)(void *)scratch;
     uint8_t *tables = scratch + BF_HBOOT_TAG_BYTES;
-    uint8_t *table = tables + bf_huffman_tables_bytes(L);
+    uint8_t *table = tables + bf_huffman_tables_bytes(L, 0);
     if (*stored != tag) {
-        bf_bitreader in;
-        bf_huffman_tables_init(L, h->code_lengths, tables);
-        bf_bitreader_init(&in, h->stream);
-        bf_huffman_decode_rows(L, tables, &in, rows, table, h->table_bytes);
+        bf_huffreader in;
+        bf_huffman_tables_init(L, h->code_lengths, tables, 0);
+        bf_huffreader_init(&in, h->stream, h->stream_bytes);
+        bf_huffman_decode_rows(L, tables, 0, &in, rows, table, h->table_bytes);
         *stored = tag;
     }
     return table;
@@ -169,14 +169,14 @@ void bf_fully_connected_sparse_huff_s8(const bf_fully_connected_sparse_huff_s8_p
     const bf_sparse_requant q = BF_REQUANT_OF(p);
     const bf_sparse_layout *L = &p->layout;
     uint8_t *tables = (uint8_t *)scratch;
-    uint8_t *block = tables + bf_huffman_tables_bytes(L);
-    bf_bitreader in;
+    uint8_t *block = tables + bf_huffman_tables_bytes(L, 1);
+    bf_huffreader in;
     int32_t r0;
-    bf_huffman_tables_init(L, p->huffman.code_lengths, tables);
-    bf_bitreader_init(&in, p->huffman.stream);
+    bf_huffman_tables_init(L, p->huffman.code_lengths, tables, 1);
+    bf_huffreader_init(&in, p->huffman.stream, p->huffman.stream_bytes);
     for (r0 = 0; r0 < S.rows; r0 += p->huffman.block_rows) {
         const int32_t r1 = bf_min_i32(r0 + p->huffman.block_rows, S.rows);
-        bf_huffman_decode_rows(L, tables, &in, r1 - r0, block, p->huffman.block_bytes);
+        bf_huffman_decode_rows(L, tables, 1, &in, r1 - r0, block, p->huffman.block_bytes);
         bf_fc_sparse_run(p->batches, L, &S, &q, block, r0, r1, input, output);
     }
 }
@@ -286,15 +286,15 @@ static void bf_conv_sparse_huff_run(const bf_window *w, const bf_sparse_layout *
                                     const bf_sparse_requant *q, const int8_t *input,
                                     int8_t *output, uint8_t *scratch) {
     uint8_t *tables = scratch;
-    uint8_t *block = tables + bf_huffman_tables_bytes(L);
+    uint8_t *block = tables + bf_huffman_tables_bytes(L, 1);
     int8_t *patch = (int8_t *)(block + h->block_bytes);
-    bf_bitreader in;
+    bf_huffreader in;
     int32_t r0;
-    bf_huffman_tables_init(L, h->code_lengths, tables);
-    bf_bitreader_init(&in, h->stream);
+    bf_huffman_tables_init(L, h->code_lengths, tables, 1);
+    bf_huffreader_init(&in, h->stream, h->stream_bytes);
     for (r0 = 0; r0 < S->rows; r0 += h->block_rows) {
         const int32_t r1 = bf_min_i32(r0 + h->block_rows, S->rows);
-        bf_huffman_decode_rows(L, tables, &in, r1 - r0, block, h->block_bytes);
+        bf_huffman_decode_rows(L, tables, 1, &in, r1 - r0, block, h->block_bytes);
         bf_conv_sparse_run(w, L, S, q, block, r0, r1, input, output, patch);
     }
 }
