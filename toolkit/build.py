@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -25,10 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from firmware_gen.firmware import FirmwareSources, firmware_name, generate_firmware, link_flags
 from firmware_gen.image import generate_image, supports_image
 from firmware_gen.program import IOSpec, ModelProgram
-from firmware_gen.project import GeneratedProject
+from firmware_gen.project import GeneratedProject, generate_project
 from firmware_gen.sizes import SizeReport, measure_image, measure_objects, predict
+from targets.elf import ImageSizes, image_sizes
+from targets.runners.base import refuse_oversized
 from targets.toolchains import (
     HOST,
     LINUX,
@@ -39,10 +43,11 @@ from targets.toolchains import (
     run_tool,
     toolchain_for,
 )
-from toolkit.errors import BuildError
+from toolkit.errors import BuildError, DoesNotFit
 
 if TYPE_CHECKING:
     from toolkit.boards import Board
+    from toolkit.model.ir import Graph
 
 log = logging.getLogger(__name__)
 
@@ -299,3 +304,141 @@ def build_for_board(project: GeneratedProject, board: Board | None = None) -> Bo
     else:
         artifact = _archive(tc, objects, project.path(BUILD_DIR) / f"{target}-{_digest(objects, tc, ())}")
     return BoardBuild(target, tc, SizeReport(target, predicted, code, measured, "objects"), artifact)
+
+
+# ---------------------------------------------------------------------------------------------
+# The device program: generated model + serial runtime + board port.
+
+_OVERFLOW = re.compile(r"region `(\w+)' overflowed by (\d+) bytes")
+
+
+@dataclass(frozen=True)
+class FirmwareBuild:
+    """The result of :func:`build_firmware`.
+
+    ``artifact`` is the ELF image (bare-metal boards) or the executable (Linux boards, host).
+    ``report`` has the model's sizes, predicted and measured (from the image's sections on
+    bare-metal boards, from the objects otherwise); ``image`` the whole program's bytes (code,
+    constants, data, bss including the minimum stack reservation).
+    """
+
+    target: str
+    toolchain: Toolchain
+    artifact: Path
+    project: GeneratedProject
+    firmware: FirmwareSources
+    report: SizeReport
+    image: ImageSizes
+
+    @property
+    def program(self) -> ModelProgram:
+        return self.project.program
+
+    @property
+    def debug(self) -> bool:
+        return self.firmware.debug
+
+    @property
+    def model_hash(self) -> str:
+        return self.program.model_hash
+
+    @property
+    def plan_hash(self) -> str:
+        """Hex sha256 of the compression plan the device reports (zeros: none)."""
+        return self.program.plan_hash
+
+    @property
+    def emulated(self) -> bool:
+        return self.firmware.config is not None and self.firmware.config.emulated
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"artifact": str(self.artifact), "toolchain": self.toolchain.describe()}
+        doc["firmware"] = {
+            "family": self.firmware.family, "debug": self.firmware.debug,
+            "profile_layers": self.firmware.profile_layers, "emulated": self.emulated,
+            "flash_bytes": self.image.flash, "ram_bytes": self.image.ram,
+            "debug_bytes": self.program.debug.size if self.debug else 0,
+        }
+        return {**doc, **self.report.to_json()}
+
+
+def build_firmware(
+    graph: Graph,
+    board: Board | None,
+    out_dir: str | os.PathLike[str],
+    debug: bool = False,
+    profile_layers: bool = True,
+    *,
+    emulated: bool | None = None,
+    defines: Sequence[str] = (),
+    extra_sources: Sequence[str | os.PathLike[str]] = (),
+    extra_flags: Sequence[str] = (),
+    plan_hash: str | None = None,
+    strategy: str = "greedy",
+) -> FirmwareBuild:
+    """Generate, compile and link the device program of ``graph`` for ``board`` (None: this
+    machine) in ``out_dir``; returns the ELF / executable and the size report.
+
+    The model must fit before anything is compiled: its predicted flash and RAM (plus the debug
+    copies of a ``debug`` build) are checked against the board's budgets, and a model that does
+    not fit raises :class:`~toolkit.errors.DoesNotFit` with the bytes needed and available.  The
+    linked image is checked again (the linker script's region overflow and ASSERTs, then
+    :func:`targets.runners.refuse_oversized`), so nothing oversized ever reaches a runner.
+
+    ``emulated`` (default: the board's preferred runner is an emulator) selects the emulator
+    build; ``defines`` (``NAME`` or ``NAME=VALUE``) and ``extra_flags`` go to every compile,
+    ``extra_sources`` are linked in (test hooks).  Objects are cached by content, and the linked
+    program is content-addressed under ``out_dir/build``.
+    """
+    tc = toolchain_for(board)
+    tc.require()
+    project = generate_project(graph, out_dir, board=board, plan_hash=plan_hash, strategy=strategy,
+                               predict_sizes=False)
+    kernels, include = _kernel_paths(project)
+    predicted, code = predict(project.program, tc, kernels, include)
+    if board is not None:
+        debug_bytes = project.program.debug.size if debug else 0
+        board.check_fit(predicted.flash_bytes, predicted.ram_bytes + debug_bytes)
+    fw = generate_firmware(project, board, tc, debug=debug, profile_layers=profile_layers,
+                           emulated=emulated, defines=defines)
+    flags = (*(f"-D{d}" for d in fw.defines), *extra_flags)
+    model_obj = compile_objects(tc, [project.path("model.c")], include_dirs=fw.include_dirs, extra=flags)
+    kernel_objs = compile_objects(tc, kernels, include_dirs=include)
+    fw_objs = compile_objects(tc, [*fw.sources, *map(Path, extra_sources)], include_dirs=fw.include_dirs,
+                              extra=flags)
+    script = fw.linker_script.read_text() if fw.linker_script is not None else ""
+    target = "host" if board is None else board.id
+    tag = _digest([*model_obj, *kernel_objs, *fw_objs], tc, (target, script, *flags))
+    out = project.path(BUILD_DIR) / f"firmware-{target}-{tag}"
+    archive = _archive(tc, [*model_obj, *kernel_objs], out)
+    artifact = out / firmware_name(fw.family)
+    if not artifact.exists():
+        _link_firmware(tc, fw, [*fw_objs, archive], artifact, board)
+    image = refuse_oversized(artifact, board) if board is not None else image_sizes(artifact)
+    if fw.linker_script is not None:
+        measured, source = measure_image(tc, artifact), "image"
+    else:
+        measured = measure_objects(model_obj[0], kernel_objs, project.program.symbols)
+        source = "objects"
+    report = SizeReport(target, predicted, code, measured, source)
+    log.info("firmware for %s: %s (%d bytes flash, %d bytes RAM)", target, artifact, image.flash, image.ram)
+    return FirmwareBuild(target, tc, artifact, project, fw, report, image)
+
+
+def _link_firmware(tc: Toolchain, fw: FirmwareSources, inputs: Sequence[Path], out: Path,
+                   board: Board | None) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    map_file = out.with_suffix(".map") if fw.linker_script is not None else None
+    argv = [tc.cc, *tc.opt, *tc.cflags, *map(str, inputs), "-o", str(tmp),
+            *link_flags(tc, fw.linker_script, map_file), "-lm"]
+    try:
+        run_tool(argv)
+    except BuildError as exc:
+        overflow = _OVERFLOW.search(str(exc))
+        if overflow is None or board is None:
+            raise
+        region, over = overflow.group(1), int(overflow.group(2))
+        memory = board.ram if region == "RAM" else board.flash
+        what = "firmware RAM (data, bss, arena, minimum stack)" if region == "RAM" else "firmware flash"
+        raise DoesNotFit(what, memory.size + over, memory.size, board.id) from exc
+    tmp.replace(out)
