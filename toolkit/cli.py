@@ -262,6 +262,120 @@ def validate(
         raise typer.Exit(1)
 
 
+_SIZE = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20}
+
+
+def _parse_bytes(text: str | None, what: str) -> int | None:
+    """``32768``, ``32K``, ``32KiB`` or ``1M`` → bytes (K = 1024)."""
+    import re
+
+    from toolkit.errors import PlanError
+
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if m is None or m.group(2).lower() not in _SIZE:
+        raise PlanError(f"--{what} must be bytes such as 32768, 32K or 1M, got {text!r}")
+    return int(float(m.group(1)) * _SIZE[m.group(2).lower()])
+
+
+@app.command()
+def plan(
+    model: ModelArg,
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="The plan file to write (plan.json); its "
+                                           "compression spec is written beside it as <stem>.spec.toml.")],
+    board: Annotated[
+        str, typer.Option(help="A board id or board file (budgets and toolchain), or 'host'.")
+    ] = "mps2-an386",
+    data: Annotated[
+        str | None,
+        typer.Option(help="Data (digits[:split] or .npz with x, y): split into calibration and validation "
+                     "halves unless --calib is given."),
+    ] = None,
+    calib: Annotated[
+        str | None, typer.Option(help="Calibration data; then all of --data is validation data.")
+    ] = None,
+    flash: Annotated[
+        str | None, typer.Option(help="Flash budget (bytes, 32K, 1M); default: the board's.")
+    ] = None,
+    ram: Annotated[str | None, typer.Option(help="RAM budget (bytes, 16K); default: the board's.")] = None,
+    latency_ms: Annotated[
+        float | None, typer.Option("--latency-ms", help="Latency budget (needs the core's latency data).")
+    ] = None,
+    max_drop: Annotated[
+        float | None,
+        typer.Option("--max-drop", help="Largest accuracy drop accepted, in points (verified on the "
+                     "validation data; layers are upgraded until it holds)."),
+    ] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="Comma-separated methods to explore (default: all; int8 always).")
+    ] = None,
+    sensitivity: Annotated[
+        str, typer.Option(help="auto, exact (run the rest of the network per option) or proxy.")
+    ] = "auto",
+    sensitivity_samples: Annotated[
+        int | None, typer.Option(help="At most this many calibration samples for the sensitivity pass.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write pareto.png/.svg and layers.png/.svg into this directory.")
+    ] = None,
+    explore: Annotated[
+        int | None, typer.Option(help="Budgets swept for the Pareto front (default: 8 with --plot, else 0).")
+    ] = None,
+    alternatives: Annotated[
+        int, typer.Option(help="Best solver solutions compared as whole models on the calibration data.")
+    ] = 3,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse cached sensitivities.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Choose a compression method per layer so the model fits the board with the least accuracy lost."""
+    from toolkit.planner.plan import save_plan
+    from toolkit.planner.report import print_plan, write_plots
+
+    def run() -> tuple[Any, Path, list[Path]]:
+        from toolkit.planner.pipeline import PlanRequest, plan_model
+
+        req = PlanRequest(
+            model=model, board=board, data=data, calib=calib, flash=_parse_bytes(flash, "flash"),
+            ram=_parse_bytes(ram, "ram"), latency_ms=latency_ms, max_drop=max_drop,
+            methods=None if methods is None else tuple(m.strip() for m in methods.split(",") if m.strip()),
+            sensitivity=sensitivity, sensitivity_samples=sensitivity_samples,
+            explore=(8 if plot is not None else 0) if explore is None else explore,
+            uniform=plot is not None, alternatives=alternatives, cache=not no_cache)
+        with _progress() as progress:
+            outcome = plan_model(req, progress)
+        spec = save_plan(outcome.plan, out_path)
+        plots = write_plots(outcome, plot) if plot is not None else []
+        return outcome, spec, plots
+
+    outcome, spec, plots = _guarded(run)
+    if as_json:
+        _emit_json(jsonout.plan_doc(outcome, out_path, spec, plots))
+    else:
+        print_plan(out, outcome, out_path, spec, plots)
+
+
+class _progress:
+    """Rich progress bars on stderr, one per stage, fed by the planner's progress callback."""
+
+    def __enter__(self) -> Callable[[str, int, int], None]:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), console=err, transient=True)
+        self._bars.__enter__()
+        self._tasks: dict[str, Any] = {}
+        return self.update
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage not in self._tasks:
+            self._tasks[stage] = self._bars.add_task(stage, total=total)
+        self._bars.update(self._tasks[stage], completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        self._bars.__exit__(None, None, None)
+
+
 def main() -> None:
     app()
 

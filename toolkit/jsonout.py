@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from toolkit.build import BoardBuild
     from toolkit.compress.pipeline import CompressReport
     from toolkit.model.summary import GraphSummary
+    from toolkit.planner.pipeline import PlanOutcome
     from toolkit.validate.report import DryRun, ValidateReport
     from toolkit.verify import TensorComparison, VerifyReport
 
@@ -23,6 +24,7 @@ VERIFY_SCHEMA = "boardfit.verify/1"
 BOARDS_SCHEMA = "boardfit.boards/1"
 COMPRESS_SCHEMA = "boardfit.compress/1"
 BUILD_SCHEMA = "boardfit.build/1"
+PLAN_SCHEMA = "boardfit.plan/1"
 VALIDATE_SCHEMA = "boardfit.validate/1"
 
 
@@ -173,3 +175,27 @@ def validate_dry_run_doc(d: DryRun) -> dict[str, Any]:
     from toolkit.validate.report import dry_run_doc
 
     return dry_run_doc(d)
+
+
+def plan_doc(o: PlanOutcome, plan_path: Path, spec_path: Path, plots: Sequence[Path]) -> dict[str, Any]:
+    """``boardfit plan --json``: the plan file's document plus the headline figures, the files
+    written and the plans explored (keys only added to the plan file's ``boardfit.plan/1``)."""
+    doc = o.plan.to_json()
+    t = doc["totals"]
+    return {
+        **doc,
+        "predicted_flash_bytes": t["predicted_flash_bytes"],
+        "predicted_ram_bytes": t["predicted_ram_bytes"],
+        "predicted_accuracy": t["predicted_accuracy"],
+        "predicted_latency_ms": t["predicted_latency_ms"],
+        "plan_file": str(plan_path),
+        "spec_file": str(spec_path),
+        "plots": [str(p) for p in plots],
+        "explored": [
+            {"kind": e.kind, "label": e.label, "flash_bytes": e.flash_bytes, "ram_bytes": e.ram_bytes,
+             "fits": e.fits, "accuracy": e.metrics.accuracy, "agreement": e.metrics.agreement,
+             "loss": e.metrics.loss, "predicted_loss": e.predicted_loss,
+             "layers": {str(i): s.label for i, s in sorted(e.settings.items())}}
+            for e in o.explored
+        ],
+    }
