@@ -35,8 +35,10 @@ Recovery (never changes the pattern, so the bytes stay those of :meth:`PruneMeth
 
 1. least-squares refit of each output channel's kept weights to the original channel's outputs
    on the calibration inputs (OBS / SparseGPT-style layer-wise reconstruction):
-   ``w_S = argmin ‖X_S w_S − X w‖²`` on mean-centred inputs (the bias absorbs the mean), solved
-   with the kept columns' Gram matrix ``C_SS + λI``, ``λ = 0.01 · mean diag(C_SS)``;
+   ``w_S = argmin ‖X_S w_S − X w‖² + λ‖w_S − w⁰_S‖²`` on mean-centred inputs (the bias absorbs
+   the mean), solved with the kept columns' Gram matrix ``C_SS + λI``, ``λ = 0.01 · mean
+   diag(C_SS)``; the ridge pulls towards the original kept weights ``w⁰_S``, so directions the
+   calibration data does not excite keep their values;
 2. re-quantization: raw mode rounds to new per-channel scales; codebook mode re-clusters the
    refitted weights (Huffman modes instead keep every code's count — the coded size depends only
    on those counts — by assigning codes to the sorted weights in the original proportions), then
@@ -236,7 +238,9 @@ def refit_rows(g: Geometry, stats: CalibStats, target: np.ndarray, mask: np.ndar
         c = stats.cov[channel_group(g, r)]
         css = c[np.ix_(s, s)]
         lam = _DAMP * max(float(np.mean(np.diag(css))), 1e-12)
-        rhs = c[s] @ target[r]
+        # Ridge towards the original kept weights: directions the calibration data does not
+        # excite (e.g. inputs that are constant there) keep their values instead of shrinking.
+        rhs = c[s] @ target[r] + lam * target[r, s]
         out[r, s] = np.linalg.solve(css + lam * np.eye(s.size), rhs)
     return out
 
