@@ -9,7 +9,7 @@ The flow, each step a function below:
 2. size pre-check on the exact program (weights, parameters, arena and state are exact before
    anything is compiled): a model that cannot fit raises :class:`~toolkit.errors.DoesNotFit`
    with the bytes needed and available, before any build or flash;
-3. build the device program for the board (:mod:`firmware_gen.firmware`: Cortex-M firmware,
+3. build the device program for the board (:func:`toolkit.build.build_firmware`: Cortex-M firmware,
    a static Linux program, or a host program); the runner refuses an oversized image again;
 4. start it (runner: QEMU system or user mode, a host program on a pty, or flash a real board
    and use ``--port``), synchronise over the serial link and refuse a device whose model or
@@ -254,42 +254,28 @@ def _figures(sizes: Any) -> rep.SizeFigures | None:
                            sizes.arena_bytes, sizes.state_bytes)
 
 
-def _image_totals(artifact: Path, board: Board) -> tuple[int | None, int | None]:
-    """Flash and RAM of the whole linked program (with the board's stack), when it is an ELF."""
-    from targets.elf import image_sizes
-
-    try:
-        s = image_sizes(artifact)
-    except (BuildError, OSError):
-        return None, None
-    if board.kind != "mcu":  # a process's stack and heap are the OS's business
-        return s.flash, s.ram
-    stack = max(board.ram.stack + board.ram.heap, s.stack_heap)
-    return s.flash, s.ram - s.stack_heap + stack
-
-
 def build_device_program(graph: Graph, board: Board, out_dir: Path, *, debug: bool,
                          profile_layers: bool) -> DeviceProgram:
-    """Generate and compile the device program of ``graph`` for ``board``."""
-    from firmware_gen.firmware import build_firmware
+    """Generate, compile and link the device program of ``graph`` for ``board``
+    (:func:`toolkit.build.build_firmware`: it refuses a model over the board's budgets before
+    compiling and an oversized image after linking)."""
+    from toolkit.build import build_firmware
 
-    fw = build_firmware(graph, None if board.kind == "host" else board, out_dir,
-                        debug=debug, profile_layers=profile_layers)
+    host = board.kind == "host"
+    fw = build_firmware(graph, None if host else board, out_dir, debug=debug, profile_layers=profile_layers)
     report = fw.report
-    image_flash, image_ram = _image_totals(Path(fw.artifact), board)
     footprint = rep.Footprint(
         predicted=_figures(report.predicted) or rep.SizeFigures(0, 0, 0, 0, 0),
         measured=_figures(report.measured),
         measured_from=report.measured_from,
-        image_flash_bytes=image_flash,
-        image_ram_bytes=image_ram,
-        flash_budget=None if board.kind == "host" else board.flash_budget,
-        ram_budget=None if board.kind == "host" else board.ram_budget,
+        image_flash_bytes=fw.image.flash,
+        image_ram_bytes=fw.image.ram,
+        flash_budget=None if host else board.flash_budget,
+        ram_budget=None if host else board.ram_budget,
     )
-    plan = getattr(fw, "plan_hash", None) or ZERO_HASH
     tc = fw.toolchain
-    return DeviceProgram(Path(fw.artifact), footprint, f"{tc.name}: {tc.cc}", graph.content_hash(),
-                         plan, debug)
+    return DeviceProgram(Path(fw.artifact), footprint, f"{tc.name}: {tc.cc}", fw.model_hash,
+                         fw.plan_hash, debug)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -610,7 +596,10 @@ def dry_run(opts: ValidateOptions) -> rep.DryRun:
     precheck(graph, board)
     work = load_workload(graph, raw, opts.data, opts.samples, opts.frames)
     out_dir = opts.out_dir or default_out_dir(graph, board, opts.layerwise)
-    artifact = out_dir / ("firmware.elf" if board.kind == "mcu" else "firmware")
+    # The program's directory is named by a hash of its compiled objects: unknown before a build.
+    name = "firmware.elf" if board.kind == "mcu" else "firmware"
+    target = "host" if board.kind == "host" else board.id
+    artifact = out_dir / "build" / f"firmware-{target}-<hash>" / name
     kind = "debug firmware" if opts.layerwise else "firmware"
     compiler = "the host compiler" if board.kind == "host" else board.toolchain.cc
     steps = [f"# build {kind} of {opts.model} for {board.id} with {compiler} into {out_dir}"]
