@@ -60,10 +60,13 @@ setup_tflite_runtime() {
 }
 
 demo() {
+  # The example int8 CNN: its layers; its C build for this machine with the size report; then
+  # firmware for the emulated Cortex-M4F (mps2-an386), run in QEMU and validated over the
+  # serial link against the oracle and the TFLite interpreter on 100 test digits.
   local bf="$VENV/bin/boardfit" model="examples/models/digits_cnn_int8.tflite"
-  "$bf" boards
   "$bf" inspect "$model"
-  "$bf" verify "$model" --data digits --samples 100 --layerwise
+  "$bf" build "$model" --board host --out build/demo/host
+  "$bf" validate "$model" --board mps2-an386 --data digits --samples 100 --out build/demo/mps2-an386
 }
 
 run_tests() {

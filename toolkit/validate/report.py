@@ -338,14 +338,15 @@ def summary_table(r: ValidateReport) -> Table:
               pct(r.reference_accuracy) if r.labelled else "—")
     t.add_row("accuracy of the host oracle (TFLM arithmetic)", pct(r.oracle_accuracy) if r.labelled else "—")
     a = r.agreement
-    verdict = "[green]bit-exact[/]" if a.all_exact else "[red]differs[/]"
+    verdict = "[green]all bit-exact[/]" if a.all_exact else "[red]differs[/]"
     t.add_row("agreement with the oracle",
-              f"{a.bit_exact:,} / {a.inferences:,} inferences bit-exact ({pct(a.fraction)}) {verdict}")
+              f"{a.bit_exact:,} / {a.inferences:,} inferences bit-exact ({pct(a.fraction)}): {verdict}")
     t.add_row("max |device − oracle|", f"{a.max_abs_error:g} ({a.mismatched_elements:,} of {a.elements:,} "
               "elements differ)")
     c = r.counts
     if c is not None:
-        spread = "repeatable" if c.repeatable else f"min {_num(c.minimum)}, max {_num(c.maximum)}"
+        spread = ("identical for every inference" if c.repeatable
+                  else f"min {_num(c.minimum)}, max {_num(c.maximum)}: the work depends on the data")
         t.add_row(f"{c.unit} per inference", f"{_num(c.mean)} ({spread})")
         if c.ms is not None:
             where = "" if c.unit == "nanoseconds" else f" at {c.clock_hz / 1e6:g} MHz" if c.clock_hz else ""
