@@ -298,12 +298,21 @@ def _struct_bytes(kernel: str, pointer_bytes: int) -> int:
 
 
 def _layout(members: Sequence[Any], model: cdecl.DataModel) -> int:
-    """Bytes of params members laid out one after another (the generator's rule)."""
-    offset = 0
+    """Bytes of params members laid out one after another (the generator's rule), each op's
+    group from an 8-aligned offset: an upper bound of the group's share of ``bf_params`` in any
+    neighbourhood (a member's offset only grows with its group's start), exact in isolation."""
+    groups: dict[int, list[Any]] = {}
     for m in members:
-        size, a = m.layout(model)
-        offset = round_up(offset, a) + size
-    return round_up(offset, ALIGN)
+        match = _MEMBER.match(m.name)
+        groups.setdefault(int(match.group(1)) if match else -1, []).append(m)
+    total = 0
+    for group in groups.values():
+        offset = 0
+        for m in group:
+            size, a = m.layout(model)
+            offset = round_up(offset, a) + size
+        total += round_up(offset, ALIGN)
+    return total
 
 
 def _steps(graph: Graph, program: ModelProgram, layers: Sequence[int],
