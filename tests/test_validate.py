@@ -259,3 +259,22 @@ def test_cortex_m4_in_qemu_counts_instructions_deterministically(tmp_path: Path)
     fp = report.footprint
     assert fp.measured is not None and fp.image_flash_bytes is not None
     assert fp.image_flash_bytes > fp.measured.flash_bytes
+
+
+@needs_gcc
+def test_cli_json_and_exit_codes(tmp_path: Path, broken_kernel: Callable[[str], None]) -> None:
+    args = ["validate", str(model("digits_mlp_int8")), "--board", "host", "--data", "digits",
+            "--samples", "8", "--out", str(tmp_path / "fw"), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["schema"] == "boardfit.validate/1" and doc["ok"] is True
+    assert doc["bit_exact"] == doc["inferences"] == 8 and doc["agreement"] == 1.0
+    assert doc["counts_unit"] == "nanoseconds" and doc["cycles_per_inference"] > 0
+    assert doc["accuracy"] == pytest.approx(interpreter_accuracy("digits_mlp_int8", 8))
+    # An oracle that computes something else for one op: a mismatch is exit code 1, not an error.
+    broken_kernel("SOFTMAX")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    doc = json.loads(result.output)
+    assert doc["ok"] is False and doc["bit_exact"] < doc["inferences"] and doc["max_abs_error"] >= 1
