@@ -8,6 +8,7 @@ qemu-user, and the emulated Cortex-M4 (mps2-an386) under qemu-system-arm.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -219,6 +220,25 @@ def test_dry_run_lists_the_exact_commands_and_runs_nothing(tmp_path: Path) -> No
     program = str(out / "build" / "firmware-rpi3-32bit-<hash>" / "firmware")
     assert doc["commands"] == [["qemu-arm", "-cpu", "cortex-a7", program, "-"]]
     assert any("x 3 frames" in s for s in doc["steps"])
+    assert not out.exists()
+
+
+def test_dry_run_on_a_real_board_flashes_then_uses_the_port(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOARDFIT_LOCAL_CONFIG", str(tmp_path / "no-local.toml"))
+    out = tmp_path / "fw"
+    o = v.ValidateOptions(model=model("digits_cnn_int8"), board="nucleo-l4r5zi", data="digits", out_dir=out,
+                          port="/dev/ttyACM0", runner="openocd", dry_run=True)
+    plan = v.dry_run(o)
+    elf = out / "build" / "firmware-nucleo-l4r5zi-<hash>" / "firmware.elf"
+    assert plan.commands == (("openocd", "-f", "board/st_nucleo_l4.cfg", "-c",
+                              f"program {{{elf}}} verify reset exit"),)
+    assert "# open the serial port /dev/ttyACM0" in plan.steps
+    # st-flash converts the image with objcopy first: without an image its commands are not
+    # known, and the dry run says so instead of failing.
+    plan = v.dry_run(dataclasses.replace(o, runner=None))
+    assert plan.commands == ()
+    assert any(s.startswith("# flash with st-flash") for s in plan.steps)
     assert not out.exists()
 
 

@@ -31,7 +31,8 @@ VALIDATE_SCHEMA: Final = "boardfit.validate/1"
 UNIT_NOTES: Final[dict[str, str]] = {
     "instructions": "QEMU -icount instruction counts (deterministic); not cycles: ms assume 1 instruction "
                     "per cycle at the board's clock, a lower bound",
-    "cycles": "core clock cycles measured on the board",
+    "cycles": "core clock cycles measured on the board, at the clock the firmware runs at (out of reset; "
+              "flash wait states differ at the nominal clock); ms at the board's nominal clock",
     "nanoseconds": "wall-clock time of the program on this machine (emulated or host), not the board's "
                    "latency; not repeatable",
 }

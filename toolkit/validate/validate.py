@@ -255,14 +255,17 @@ def _figures(sizes: Any) -> rep.SizeFigures | None:
 
 
 def build_device_program(graph: Graph, board: Board, out_dir: Path, *, debug: bool,
-                         profile_layers: bool) -> DeviceProgram:
+                         profile_layers: bool, emulated: bool | None = None) -> DeviceProgram:
     """Generate, compile and link the device program of ``graph`` for ``board``
     (:func:`toolkit.build.build_firmware`: it refuses a model over the board's budgets before
-    compiling and an oversized image after linking)."""
+    compiling and an oversized image after linking).  ``emulated`` selects the emulator build of
+    a bare-metal board (semihosting exit, instruction counter) or the real one (None: what the
+    board's preferred runner needs)."""
     from toolkit.build import build_firmware
 
     host = board.kind == "host"
-    fw = build_firmware(graph, None if host else board, out_dir, debug=debug, profile_layers=profile_layers)
+    fw = build_firmware(graph, None if host else board, out_dir, debug=debug, profile_layers=profile_layers,
+                        emulated=emulated if board.kind == "mcu" else None)
     report = fw.report
     footprint = rep.Footprint(
         predicted=_figures(report.predicted) or rep.SizeFigures(0, 0, 0, 0, 0),
@@ -553,8 +556,11 @@ def validate(opts: ValidateOptions, *, build: Callable[..., DeviceProgram] = bui
     precheck(graph, board)
     work = load_workload(graph, raw, opts.data, opts.samples, opts.frames)
     out_dir = opts.out_dir or default_out_dir(graph, board, opts.layerwise)
-    program = build(graph, board, out_dir, debug=opts.layerwise, profile_layers=opts.profile_layers)
     runner = make_board_runner(board, opts)
+    # A real board reached through a flasher and --port gets the real build, never the
+    # emulator's (whose semihosting calls would stop a real core).
+    program = build(graph, board, out_dir, debug=opts.layerwise, profile_layers=opts.profile_layers,
+                    emulated=runner.kind == "qemu-system")
     with device_port(runner, program.artifact, opts.port) as port:
         link = connect(port, program, work.stateful, opts.invoke_timeout)
         results = stream(link, graph, work, opts.layerwise)
@@ -610,9 +616,17 @@ def dry_run(opts: ValidateOptions) -> rep.DryRun:
     if board.kind == "host" and opts.port is not None:
         steps.append(f"# attach to the device program on {opts.port}")
     else:
-        with runner.start(artifact):
-            pass
+        try:
+            with runner.start(artifact):
+                pass
+        except (OSError, BoardfitError) as exc:
+            # st-flash, esptool and UF2 read the image to choose their commands.
+            log.info("dry run: %s needs the built image: %s", runner.kind, exc)
+            steps.append(f"# flash with {runner.kind}: its commands depend on the built image "
+                         "(they are logged with -v when validate runs)")
     steps += [str(s) for s in record.steps]
+    if runner.capabilities.flash:
+        steps.append(f"# open the serial port {runner.port or '(from --port or the local configuration)'}")
     per = f" x {work.frames} frames, reset before each" if work.frames > 1 else ""
     steps += [
         f"# connect: sync, refuse unless model hash {graph.content_hash()} and plan hash {ZERO_HASH}",
