@@ -58,9 +58,9 @@ void bf_port_enable_interrupts(void);
 /* Restarts the program from its reset entry with fresh RAM. */
 void bf_port_restart(void);
 
-/* Semihosting SYS_EXIT_EXTENDED with `code` (only when BF_SEMIHOSTING: without the emulator's
- * semihosting a BKPT 0xAB / EBREAK stops the core). */
-void bf_port_exit(uint32_t code);
+/* One semihosting call (operation `op`, parameter `arg`; returns the result).  Only called when
+ * BF_SEMIHOSTING: without the emulator's semihosting a BKPT 0xAB / EBREAK stops the core. */
+uint32_t bf_port_semihost(uint32_t op, const void *arg);
 
 /* ---- faults (common/bf_port_main.c) ---------------------------------------------------- */
 
@@ -70,9 +70,10 @@ void bf_port_exit(uint32_t code);
 /* Reports a fault over the UART as one line between two 0x00 delimiters (so the host's frame
  * decoder sees one bad frame, never a merged one):
  *     BOARDFIT-FAULT <what> name=0x%08x name=0x%08x ...
- * then, under emulation with semihosting, ends the emulator with BF_FAULT_EXIT_CODE; on a
- * real board it sends the line again whenever a delimiter arrives (every retransmission of
- * the host) and never returns.  `names` and `values` have n entries. */
+ * Under emulation with semihosting the line also goes to the emulator's console (its stderr),
+ * the UART gets time to drain, and the emulator exits with BF_FAULT_EXIT_CODE.  On a real
+ * board the line is sent again whenever a delimiter arrives (every retransmission of the
+ * host); it never returns.  `names` and `values` have n entries. */
 void bf_port_fault(const char *what, const char *const *names, const uint32_t *values, size_t n)
     __attribute__((noreturn));
 

@@ -55,52 +55,75 @@ int main(void) {
 
 /* ---- fault report ---------------------------------------------------------------------- */
 
-static void bf_port_puts(const char *s) {
-    size_t n = 0;
-    while (s[n] != '\0') {
-        ++n;
+#define BF_FAULT_LINE_BYTES 256u
+
+static char g_fault_line[BF_FAULT_LINE_BYTES];
+static size_t g_fault_len;
+
+static void bf_fault_append(const char *s) {
+    while (*s != '\0' && g_fault_len < BF_FAULT_LINE_BYTES - 2u) {
+        g_fault_line[g_fault_len++] = *s++;
     }
-    bf_port_uart_send((const uint8_t *)s, n);
 }
 
-static void bf_port_put_hex(uint32_t v) {
+static void bf_fault_append_hex(uint32_t v) {
     static const char digits[] = "0123456789abcdef";
-    uint8_t text[10];
+    char text[11];
     int k;
     text[0] = '0';
     text[1] = 'x';
     for (k = 0; k < 8; ++k) {
-        text[2 + k] = (uint8_t)digits[(v >> (28 - 4 * k)) & 0xFu];
+        text[2 + k] = digits[(v >> (28 - 4 * k)) & 0xFu];
     }
-    bf_port_uart_send(text, sizeof text);
+    text[10] = '\0';
+    bf_fault_append(text);
 }
 
-static void bf_port_report(const char *what, const char *const *names, const uint32_t *values, size_t n) {
-    static const uint8_t delimiter = 0;
+/* The line, newline-terminated and NUL-terminated (for semihosting's SYS_WRITE0). */
+static void bf_fault_format(const char *what, const char *const *names, const uint32_t *values, size_t n) {
     size_t k;
-    bf_port_uart_send(&delimiter, 1);
-    bf_port_puts("BOARDFIT-FAULT ");
-    bf_port_puts(what);
+    g_fault_len = 0;
+    bf_fault_append("BOARDFIT-FAULT ");
+    bf_fault_append(what);
     for (k = 0; k < n; ++k) {
-        bf_port_puts(" ");
-        bf_port_puts(names[k]);
-        bf_port_puts("=");
-        bf_port_put_hex(values[k]);
+        bf_fault_append(" ");
+        bf_fault_append(names[k]);
+        bf_fault_append("=");
+        bf_fault_append_hex(values[k]);
     }
-    bf_port_puts("\n");
+    g_fault_line[g_fault_len++] = '\n';
+    g_fault_line[g_fault_len] = '\0';
+}
+
+static void bf_fault_send(void) {
+    static const uint8_t delimiter = 0;
+    bf_port_uart_send(&delimiter, 1);
+    bf_port_uart_send((const uint8_t *)g_fault_line, g_fault_len);
     bf_port_uart_send(&delimiter, 1);
     bf_port_uart_flush();
 }
 
 void bf_port_fault(const char *what, const char *const *names, const uint32_t *values, size_t n) {
-    bf_port_report(what, names, values, n);
+    bf_fault_format(what, names, values, n);
+    bf_fault_send();
 #if BF_SEMIHOSTING
-    bf_port_exit(BF_FAULT_EXIT_CODE);
+    {
+        /* SYS_WRITE0 (0x04): the line on the emulator's console.  Then let the emulator's I/O
+         * thread pass the UART bytes on (a UART register write is not yet a socket write):
+         * a few million instructions, some milliseconds of emulation.  Then SYS_EXIT_EXTENDED
+         * (0x20) with ADP_Stopped_ApplicationExit and the exit code. */
+        static const uint32_t exit_block[2] = {0x20026u, BF_FAULT_EXIT_CODE};
+        volatile uint32_t spin;
+        (void)bf_port_semihost(0x04u, g_fault_line);
+        for (spin = 0; spin < 1000000u; spin = spin + 1u) {
+        }
+        (void)bf_port_semihost(0x20u, exit_block);
+    }
 #endif
     for (;;) {
         /* The runtime is gone: answer every frame the host (re)sends with the report. */
         if (bf_port_uart_poll() == 0) {
-            bf_port_report(what, names, values, n);
+            bf_fault_send();
         }
     }
 }

@@ -149,18 +149,11 @@ void bf_port_restart(void) {
     }
 }
 
-void bf_port_exit(uint32_t code) {
-#if BF_SEMIHOSTING
-    /* SYS_EXIT_EXTENDED (0x20): ADP_Stopped_ApplicationExit with the exit code. */
-    uint32_t block[2];
-    register uint32_t r0 __asm__("r0") = 0x20u;
-    register uint32_t *r1 __asm__("r1") = block;
-    block[0] = 0x20026u;
-    block[1] = code;
+uint32_t bf_port_semihost(uint32_t op, const void *arg) {
+    register uint32_t r0 __asm__("r0") = op;
+    register const void *r1 __asm__("r1") = arg;
     __asm__ volatile("bkpt 0xab" : "+r"(r0) : "r"(r1) : "memory");
-#else
-    (void)code;
-#endif
+    return r0;
 }
 
 typedef void (*bf_vector)(void);

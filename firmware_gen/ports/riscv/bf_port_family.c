@@ -89,14 +89,10 @@ void bf_port_restart(void) {
     }
 }
 
-void bf_port_exit(uint32_t code) {
-#if BF_SEMIHOSTING
-    /* SYS_EXIT_EXTENDED (0x20) through the RISC-V semihosting sequence (uncompressed). */
-    uint32_t block[2];
-    register uint32_t a0 __asm__("a0") = 0x20u;
-    register uint32_t *a1 __asm__("a1") = block;
-    block[0] = 0x20026u;
-    block[1] = code;
+uint32_t bf_port_semihost(uint32_t op, const void *arg) {
+    /* The RISC-V semihosting sequence: slli / ebreak / srai, uncompressed, in one page. */
+    register uint32_t a0 __asm__("a0") = op;
+    register const void *a1 __asm__("a1") = arg;
     __asm__ volatile(".option push\n.option norvc\n"
                      ".balign 16\n"
                      "slli x0, x0, 0x1f\n ebreak\n srai x0, x0, 7\n"
@@ -104,7 +100,5 @@ void bf_port_exit(uint32_t code) {
                      : "+r"(a0)
                      : "r"(a1)
                      : "memory");
-#else
-    (void)code;
-#endif
+    return a0;
 }
