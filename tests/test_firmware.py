@@ -205,6 +205,48 @@ def test_debug_firmware_returns_every_intermediate(board_id: str, builds: Builds
             assert seen == produced
 
 
+def test_streaming_model_keeps_state_and_resets_on_the_device(tmp_path: Path) -> None:
+    """digits_stream_int8 keeps an EMA in a variable: three frames per image, the device's
+    state follows the oracle's, and RESET(model) restores the initial state."""
+    board = load_board("mps2-an386")
+    _require(board)
+    graph = _example("digits_stream_int8")
+    build = build_firmware(graph, board, tmp_path)
+    x = load_dataset("digits:test", graph).x
+    oracle = Oracle(graph)
+    with _device(board, build.artifact) as (link, _):
+        link.stateful = True
+        for i in (0, 1):
+            link.reset_model()
+            oracle.reset()
+            for frame in range(3):
+                got = link.run([x[i : i + 1]]).outputs[0]
+                np.testing.assert_array_equal(got, oracle.run([x[i : i + 1]]).outputs[0],
+                                              err_msg=f"image {i}, frame {frame}")
+
+
+def test_counts_longer_than_the_24_bit_systick_repeat(tmp_path: Path) -> None:
+    """kws_dscnn_int8 takes more than 2^24 SysTick ticks on mps2-an386: the wrap interrupt
+    extends the counter (per-layer counts add up to the total) and counts still repeat."""
+    board = load_board("mps2-an386")
+    _require(board)
+    graph = _example("kws_dscnn_int8")
+    build = build_firmware(graph, board, tmp_path)
+    shape = graph.tensors[graph.inputs[0]].shape
+    x = np.random.default_rng(5).integers(-128, 128, size=shape, dtype=np.int8)
+    expected = Oracle(graph).run([x]).outputs[0]
+    with _device(board, build.artifact) as (link, _):
+        runs = []
+        for _ in range(2):
+            result = link.run([x])
+            np.testing.assert_array_equal(result.outputs[0], expected)
+            runs.append((result.count, link.layer_counts()))
+    (count, layers), again = runs[0], runs[1]
+    assert count > 1 << 24
+    assert sum(layers) <= count <= sum(layers) + 2000
+    assert again == runs[0]
+
+
 # --------------------------------------------------------------------------------------------
 # Faults
 # --------------------------------------------------------------------------------------------
