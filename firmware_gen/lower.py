@@ -157,6 +157,47 @@ def _arg_tensors(arg: Arg) -> tuple[int, ...]:
 # ``…_scratch_bytes()``, which the kernel tests check).
 SCRATCH_RULES: dict[str, dict[str, Callable[[KernelCall], int]]] = {"ref": {}}
 
+
+# Optimized variants (targets/isa.py chooses them; kernels/<variant>/*.c hold the C twins).
+def _conv_k(call: KernelCall) -> tuple[int, bool]:
+    """Taps × channels of one output of an int8 CONV_2D, and whether it is ungrouped (the
+    optimized convolutions hand grouped ones to the reference code, which needs no scratch)."""
+    f, x = call.param("filter"), call.param("input")
+    assert isinstance(f, Struct) and isinstance(x, Struct)
+    k = int(f.get("h")) * int(f.get("w")) * int(f.get("c"))  # type: ignore[arg-type]
+    return k, f.get("c") == x.get("c")
+
+
+def _round_up(n: int, a: int) -> int:
+    return -(-n // a) * a
+
+
+def _neon_conv_scratch(call: KernelCall) -> int:
+    """neon/conv.c: 4 im2col rows of K int8 padded to 16, then C_out int32 filter sums."""
+    k, plain = _conv_k(call)
+    out = call.param("output")
+    assert isinstance(out, Struct)
+    return 4 * _round_up(k, 16) + 4 * int(out.get("c")) if plain else 0  # type: ignore[arg-type]
+
+
+def _dsp_conv_scratch(call: KernelCall) -> int:
+    """armv7em/conv.c: 2 im2col columns of K int16 padded to 4."""
+    k, plain = _conv_k(call)
+    return 2 * 2 * _round_up(k, 4) if plain else 0
+
+
+def _dsp_fc_scratch(call: KernelCall) -> int:
+    """armv7em/fully_connected.c: one input row as int16 (+ input offset), padded to 4."""
+    return 2 * _round_up(int(call.param("depth")), 4)  # type: ignore[arg-type]
+
+
+SCRATCH_RULES.update({
+    "x86": {},
+    "neon": {"bf_conv2d_s8": _neon_conv_scratch},
+    "armv7em": {"bf_conv2d_s8": _dsp_conv_scratch, "bf_fully_connected_s8": _dsp_fc_scratch},
+    "armv6m": {},
+})
+
 # ---------------------------------------------------------------------------------------------
 # Entry point.
 
@@ -448,16 +489,21 @@ def _lower_fully_connected(ctx: _Ctx) -> KernelCall:
 
 def _fc_requant(x: Tensor, w: Tensor, out: Tensor, units: int,
                 activation: Activation) -> list[tuple[str, FieldValue]]:
-    """TFLite's reference FC requantizes in double: scale[u] = in · w[u] / out (double)."""
+    """TFLite Micro's FC requantization: a fixed-point multiplier and shift per unit.
+
+    Per-channel filters multiply the scales in double, per-tensor ones in float32
+    (``GetQuantizedConvolutionMultipler``), exactly as the oracle's TFLM profile does.
+    """
     in_scale, in_zp = _per_tensor(x, "input")
-    out_scale, out_zp = _per_tensor(out, "output")
+    _, out_zp = _per_tensor(out, "output")
     scales, zps = filter_scales(w, units, 0)
     assert w.quant is not None
-    filter_offset = 0 if w.quant.per_channel else -zps[0]
-    lo, hi = _quant_range(activation, out)
-    scale = tuple(in_scale * float(s) / out_scale for s in scales)
-    return [("input_offset", -in_zp), ("filter_offset", filter_offset), ("output_offset", out_zp),
-            ("act_min", lo), ("act_max", hi), ("scale", ConstArray("double", scale))]
+    per_channel = w.quant.per_channel
+    req = Requantizer.create(in_scale, scales, out, activation, float32_product=not per_channel)
+    return [("input_offset", -in_zp), ("filter_offset", 0 if per_channel else -zps[0]),
+            ("output_offset", out_zp), ("act_min", req.act_min), ("act_max", req.act_max),
+            ("multiplier", ConstArray("int32_t", tuple(int(m) for m in req.multiplier))),
+            ("shift", ConstArray("int32_t", tuple(int(s) for s in req.shift)))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -571,7 +617,8 @@ def _lower_relu(ctx: _Ctx) -> KernelCall:
     # QuantizedReluX: act / scale is a float division rounded with roundf.
     lo = max(-128, out_zp + quant.tflite_round(float_ratio(0.0, out_scale)))
     hi = 127 if top is None else min(127, out_zp + quant.tflite_round(float_ratio(top, out_scale)))
-    mult, shift = quant.quantize_multiplier(float_ratio(in_scale, out_scale))
+    # TFLM's CalculateReluOpData divides the scales in double (TFLite's ReluPrepare in float).
+    mult, shift = quant.quantize_multiplier(in_scale / out_scale)
     return _unary(ctx, "bf_relu_s8", "activations", [
         ("count", x.num_elements), ("input_offset", -in_zp), ("output_offset", out_zp),
         ("multiplier", mult), ("shift", shift), ("act_min", lo), ("act_max", hi)])
@@ -606,8 +653,9 @@ def _lower_prelu(ctx: _Ctx) -> KernelCall:
         in_scale, in_zp = _per_tensor(x, "input")
         a_scale, a_zp = _per_tensor(alpha, "alpha")
         out_scale, out_zp = _per_tensor(out, "output")
-        m1, s1 = quant.quantize_multiplier(float_ratio(in_scale, out_scale))
-        m2, s2 = quant.quantize_multiplier(float(F32(in_scale) * F32(a_scale) / F32(out_scale)))
+        # TFLM's CalculatePreluParams: double quotients.
+        m1, s1 = quant.quantize_multiplier(in_scale / out_scale)
+        m2, s2 = quant.quantize_multiplier(in_scale * a_scale / out_scale)
         params += [("input_offset", -in_zp), ("alpha_offset", -a_zp), ("output_offset", out_zp),
                    ("multiplier_pos", m1), ("shift_pos", s1), ("multiplier_neg", m2), ("shift_neg", s2)]
     ct = _CTYPE[x.dtype]
@@ -624,7 +672,8 @@ def _lower_abs(ctx: _Ctx) -> KernelCall:
     in_scale, in_zp = _per_tensor(x, "input")
     out_scale, out_zp = _per_tensor(out, "output")
     rescale = F32(in_scale) != F32(out_scale)
-    mult, shift = quant.quantize_multiplier(float_ratio(in_scale, out_scale)) if rescale else (0, 0)
+    # TFLM divides the scales in double.
+    mult, shift = quant.quantize_multiplier(in_scale / out_scale) if rescale else (0, 0)
     return _unary(ctx, "bf_abs_s8", "activations", [
         ("count", x.num_elements), ("input_offset", -in_zp), ("output_offset", out_zp),
         ("rescale", int(rescale)), ("multiplier", mult), ("shift", shift)])

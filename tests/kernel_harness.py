@@ -2,7 +2,12 @@
 
 A *variant* is a directory ``firmware_gen/kernels/<variant>/`` of ``.c`` files implementing the
 prototypes of ``kernels/include/bf_kernels.h`` (``ref`` is the portable one; ISA variants may
-include ``ref``'s private headers such as ``bf_fixedpoint.h``).  :func:`build_library` compiles
+include ``ref``'s private headers such as ``bf_fixedpoint.h``).  A variant provides the kernel
+families (source files) it optimizes; the others come from ``ref``, as in a generated project.
+:func:`variants` lists the variants this machine can run (``targets.isa`` decides: ``ref`` and,
+on x86-64, ``x86``; the Arm variants run under QEMU in ``tests/test_kernels_simd.py``), and a
+variant is built with the ``-m`` flags ``targets.isa`` chooses for this CPU (``extra_flags``
+builds another level).  :func:`build_library` compiles
 one variant with ``gcc -shared -fPIC -O2 -std=c99 -Wall -Wextra -Werror`` into a shared object
 cached in the temp directory under a hash of every source, the flags and the compiler version,
 and opens it in cffi's ABI mode; the cdef is the region of ``bf_kernels.h`` between
@@ -40,6 +45,7 @@ import numpy as np
 
 import firmware_gen
 from firmware_gen.lower import ConstArray, KernelCall, Struct, TensorListArg
+from targets import isa
 from toolkit.model.ir import DType, Graph
 
 KERNELS_DIR = Path(firmware_gen.__file__).resolve().parent / "kernels"
@@ -61,7 +67,6 @@ _SHIM_FUNCTIONS: tuple[tuple[str, str, str], ...] = (
     ("bft_srdhm", "int32_t bft_srdhm(int32_t a, int32_t b)", "return bf_srdhm(a, b);"),
     ("bft_rdbpot", "int32_t bft_rdbpot(int32_t x, int e)", "return bf_rdbpot(x, e);"),
     ("bft_mbqm", "int32_t bft_mbqm(int32_t x, int32_t m, int32_t s)", "return bf_mbqm(x, m, s);"),
-    ("bft_round_to_i32", "int32_t bft_round_to_i32(double r)", "return bf_round_to_i32(r);"),
     ("bft_exp_on_negative_values", "int32_t bft_exp_on_negative_values(int32_t a, int bits)",
      "return bf_exp_on_negative_values(a, bits);"),
     ("bft_one_over_one_plus_x", "int32_t bft_one_over_one_plus_x(int32_t a)",
@@ -71,18 +76,37 @@ _SHIM_FUNCTIONS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def variants() -> tuple[str, ...]:
+def all_variants() -> tuple[str, ...]:
     """Every kernel variant present: directories of ``kernels/`` that hold ``.c`` files."""
     return tuple(sorted(d.name for d in KERNELS_DIR.iterdir()
                         if d.is_dir() and d.name != "include" and any(d.glob("*.c"))))
 
 
+def variants() -> tuple[str, ...]:
+    """The variants this machine runs through cffi: ``ref`` and the ones ``targets.isa`` picks
+    for the host CPU (present as directories)."""
+    present = set(all_variants())
+    return tuple(v for v in ("ref", *isa.kernel_variants(isa.host_target())[:-1]) if v in present)
+
+
 def variant_sources(variant: str) -> list[Path]:
+    """The variant's own ``.c`` files plus ``ref``'s for the families it does not provide."""
     d = KERNELS_DIR / variant
-    sources = sorted(d.glob("*.c"))
-    if not sources:
+    own = sorted(d.glob("*.c"))
+    if not own:
         raise FileNotFoundError(f"kernel variant {variant!r} has no .c files in {d}")
-    return sources
+    names = {p.name for p in own}
+    return sorted([*own, *(p for p in REF_DIR.glob("*.c") if p.name not in names)], key=lambda p: p.name)
+
+
+def kernel_files() -> list[Path]:
+    """Every .c and .h file of the kernel library (what a build may read)."""
+    return sorted(p for p in KERNELS_DIR.glob("*/*") if p.suffix in (".c", ".h"))
+
+
+def variant_flags(variant: str) -> tuple[str, ...]:
+    """Compiler flags ``targets.isa`` chooses for ``variant`` on this machine."""
+    return isa.variant_cflags(variant, isa.host_target())
 
 
 def cdef_source() -> str:
@@ -134,6 +158,7 @@ class KernelLibrary:
     sanitized: bool
     ffi: cffi.FFI
     lib: Any
+    flags: tuple[str, ...] = ()  # the ISA flags it was built with
 
     def has(self, symbol: str) -> bool:
         return hasattr(self.lib, symbol)
@@ -253,21 +278,27 @@ class _Guarded:
         return self.data.copy().view(self.dtype).reshape(tuple(shape))
 
 
-_LIBRARIES: dict[tuple[str, bool], KernelLibrary] = {}
+_LIBRARIES: dict[tuple[str, bool, tuple[str, ...]], KernelLibrary] = {}
 
 
-def build_library(variant: str = "ref", sanitize: bool | None = None) -> KernelLibrary:
-    """Compile (or reuse) and open one kernel variant; cached for the whole session."""
+def build_library(variant: str = "ref", sanitize: bool | None = None,
+                  extra_flags: Sequence[str] | None = None) -> KernelLibrary:
+    """Compile (or reuse) and open one kernel variant; cached for the whole session.
+
+    ``extra_flags``: ISA flags to build with instead of :func:`variant_flags` (e.g. a lower x86
+    level than this CPU allows)."""
     san = sanitize_active() if sanitize is None else sanitize
-    key = (variant, san)
+    isa_flags = tuple(variant_flags(variant) if extra_flags is None else extra_flags)
+    key = (variant, san, isa_flags)
     if key in _LIBRARIES:
         return _LIBRARIES[key]
     sources = variant_sources(variant)
-    flags = [*CFLAGS, *(SANITIZE_FLAGS if san else ())]
+    flags = [*CFLAGS, *isa_flags, *(SANITIZE_FLAGS if san else ())]
     includes = [f"-I{INCLUDE_DIR}", f"-I{KERNELS_DIR / variant}", f"-I{REF_DIR}"]
     shim = _shim_source()
     digest = hashlib.sha256()
-    for f in [*sorted(INCLUDE_DIR.glob("*.h")), *sorted(REF_DIR.glob("*.h")), *sources]:
+    # Every kernel file, not only the sources: variant files include ref's and opt/'s by path.
+    for f in [*kernel_files(), *sources]:
         digest.update(f.name.encode())
         digest.update(f.read_bytes())
     digest.update(" ".join([*flags, _compiler_version(), shim]).encode())
@@ -279,7 +310,7 @@ def build_library(variant: str = "ref", sanitize: bool | None = None) -> KernelL
     ffi.cdef(cdef_source())
     ffi.cdef("\n".join(f"{sig};" for _, sig, _ in _SHIM_FUNCTIONS))
     lib = ffi.dlopen(str(so))
-    _LIBRARIES[key] = KernelLibrary(variant, so, san, ffi, lib)
+    _LIBRARIES[key] = KernelLibrary(variant, so, san, ffi, lib, isa_flags)
     return _LIBRARIES[key]
 
 

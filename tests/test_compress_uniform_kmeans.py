@@ -241,8 +241,9 @@ def test_storage_shrinks_with_bits(rng: np.random.Generator) -> None:
     dense = get_method("int8").option(layer, Setting.of("int8")).flash_bytes
     sizes = [get_method("quant").option(layer, Setting.of("quant", bits=b)).flash_bytes for b in (8, 4, 2)]
     # 301·7 weights: 2107 B at 8 bits, 1054 at 4, 527 at 2, each padded to 8 bytes; + bias,
-    # multiplier and shift (7 int32 each → 32 B).  The dense layer: weights, bias, 7 doubles.
-    assert dense == 2112 + 32 + 56
+    # multiplier and shift (7 int32 each → 32 B).  The dense layer: weights, bias, multiplier
+    # and shift (TFLM's fixed-point requantization: 7 int32 each).
+    assert dense == 2112 + 32 * 3
     assert sizes == [2112 + 96, 1056 + 96, 528 + 96]
 
 
@@ -282,12 +283,12 @@ def test_forward_equals_kernel(lib: kh.KernelLibrary, case: str, setting: Settin
 @in_process
 def test_int8_forward_is_the_oracle(rng: np.random.Generator) -> None:
     """The identity method computes what the dense kernel the code generator emits computes: the
-    oracle's TFLM arithmetic, or LiteRT's double-precision FC where the lowering still uses it."""
+    oracle's TFLM arithmetic."""
     for case in ("fc_odd", "fc_wide", "conv_stride_dil", "dw_mult_stride"):
         g = LAYERS[case](rng)
         _, _, cl = _compress(g, Setting.of("int8"), rng)
-        double_fc = any(name == "scale" for name, _ in cl.call.params)
-        oracle = Oracle(g, profile=Arithmetic.LITERT if double_fc else Arithmetic.TFLM)
+        assert not any(name == "scale" for name, _ in cl.call.params), "device FC must not use double"
+        oracle = Oracle(g, profile=Arithmetic.TFLM)
         for _ in range(3):
             x = rand_input(rng, g.tensors[g.inputs[0]])
             want = oracle.run([x]).outputs[0]

@@ -576,20 +576,6 @@ def test_fixedpoint_requantization_matches_quant_py(lib: kh.KernelLibrary, rng: 
 
 
 @in_process
-def test_round_to_int32_matches_fc_oracle(lib: kh.KernelLibrary, rng: np.random.Generator) -> None:
-    from toolkit.oracle.fully_connected import round_to_int32
-
-    v = np.concatenate([
-        np.array([0.5, -0.5, 1.5, -2.5, 2147483647.4, 2147483647.5, -2147483648.4, -2147483648.5,
-                  -2147483649.0, 3e9, -3e9, np.nan, np.inf, -np.inf, 0.49999999999999994]),
-        rng.normal(0, 1e4, size=200), np.round(rng.normal(0, 100, size=100)) + 0.5])
-    got = [lib.lib.bft_round_to_i32(float(x)) for x in v]
-    with np.errstate(invalid="ignore"):
-        want = round_to_int32(v)
-    np.testing.assert_array_equal(got, want)
-
-
-@in_process
 def test_gemmlowp_functions_match_fixedpoint_py(lib: kh.KernelLibrary, rng: np.random.Generator) -> None:
     from toolkit.oracle import fixedpoint as fp
 

@@ -31,8 +31,6 @@ from toolkit.compress.common import Geometry, Requant, accumulate, geometry
 from toolkit.compress.registry import register
 from toolkit.errors import CompressionError, UnsupportedOp
 from toolkit.model.ir import DType
-from toolkit.oracle.fully_connected import round_to_int32
-from toolkit.oracle.quant import wrap_int32
 
 
 def _values(call: KernelCall, name: str) -> np.ndarray:
@@ -50,16 +48,6 @@ def _forward(layer: LayerRef, g: Geometry, call: KernelCall) -> Callable[[np.nda
     b = layer.bias
     bias = (np.zeros(g.channels, np.int64) if b is None or b.data is None
             else b.data.astype(np.int64).reshape(-1))
-    names = {k for k, _ in call.params}
-    if "scale" in names:  # LiteRT-style FC: (int32) round(acc · scale[u]) in double
-        scale = _values(call, "scale").astype(np.float64)
-
-        def fwd_double(x: np.ndarray) -> np.ndarray:
-            acc = wrap_int32(accumulate(g, w, x) + bias)
-            out = wrap_int32(round_to_int32(acc * scale) + g.out_zp)
-            return np.clip(out, g.act_min, g.act_max).astype(np.int8)
-
-        return fwd_double
     req = Requant(np.ones(g.channels), _values(call, "multiplier").astype(np.int64),
                   _values(call, "shift").astype(np.int64), bias)
 

@@ -165,11 +165,11 @@ size_t bf_depthwise_conv2d_f32_scratch_bytes(const bf_depthwise_conv2d_f32_param
 
 /* input [batches][depth], weights [units][depth], output [batches][units].
  * acc = sum_d (weights[u][d] + filter_offset) * (input[b][d] + input_offset) + bias[u]  (int32)
- * s8: TFLite's reference FullyConnected / FullyConnectedPerChannel requantize in double
- * precision: out = (int32)round_half_away((double)acc * scale[u]), where
- * scale[u] = (double)input_scale * (double)filter_scale[u] / (double)output_scale (one value
- * per unit; a per-tensor filter repeats it).  A product outside the int32 range gives INT32_MIN,
- * as the x86 build of TFLite does.  Then clamp(out + output_offset, act_min, act_max).
+ * s8: TensorFlow Lite Micro's FullyConnected / FullyConnectedPerChannel: integer-only
+ * requantization, out = MultiplyByQuantizedMultiplier(acc, multiplier[u], shift[u]) (double
+ * rounding; shift > 0 is a left shift; a per-tensor filter repeats one pair), then
+ * clamp(out + output_offset, act_min, act_max).  (LiteRT's desktop reference rounds
+ * acc * scale in double instead; boardfit devices follow TFLM: no double at run time.)
  * filter_offset is -filter zero point for per-tensor filters and 0 for per-channel ones. */
 typedef struct {
     int32_t batches;           /* >= 1 */
@@ -179,7 +179,8 @@ typedef struct {
     int32_t filter_offset;     /* -filter zero point (0 for per-channel filters) */
     int32_t output_offset;     /* output zero point */
     int32_t act_min, act_max;
-    const double *scale;       /* [units] effective output scale, > 0 */
+    const int32_t *multiplier; /* [units] Q31 multipliers */
+    const int32_t *shift;      /* [units] power-of-two exponents */
 } bf_fully_connected_s8_params;
 
 /* bias: [units] int32 or NULL. */

@@ -86,25 +86,6 @@ static inline int32_t bf_mbqm_greater_than_one(int32_t x, int32_t multiplier, in
     return bf_srdhm(bf_wrap_shl(x, (int)left_shift), multiplier);
 }
 
-/* std::round (half away from zero) followed by static_cast<int32_t>, with the result x86
- * gives for values outside the int32 range (and NaN): INT32_MIN.  Exact: trunc and the
- * fractional part of a double below 2^31 in magnitude are computed without rounding. */
-static inline int32_t bf_round_to_i32(double r) {
-    if (!(r > -2147483648.5 && r < 2147483647.5)) {
-        return BF_INT32_MIN;
-    }
-    {
-        int64_t t = (int64_t)r;
-        const double frac = r - (double)t;
-        if (frac >= 0.5) {
-            t += 1;
-        } else if (frac <= -0.5) {
-            t -= 1;
-        }
-        return (int32_t)t;
-    }
-}
-
 /* ---------------------------------------------------------------------------------------- */
 /* gemmlowp fixed point: a FixedPoint<int32, k> is a raw int32 meaning raw / 2^(31 - k).      */
 

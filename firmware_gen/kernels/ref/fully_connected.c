@@ -2,9 +2,8 @@
  * FULLY_CONNECTED reference kernels (TFLite reference_integer_ops::FullyConnected /
  * FullyConnectedPerChannel and reference_ops::FullyConnected).  No scratch.
  *
- * The int8 reference kernels of the TFLite interpreter requantize with one double-precision
- * multiply and std::round (not with MultiplyByQuantizedMultiplier as TFLite Micro does); the
- * effective scale per unit comes precomputed in params->scale.
+ * int8 requantizes as TensorFlow Lite Micro does: MultiplyByQuantizedMultiplier with the
+ * per-unit multiplier and shift (integer only; no double arithmetic on the device).
  */
 #include "bf_kernels.h"
 #include "bf_fixedpoint.h"
@@ -38,7 +37,7 @@ void bf_fully_connected_s8(const bf_fully_connected_s8_params *p, const int8_t *
             if (bias != NULL) {
                 acc += bias[u];
             }
-            q = bf_round_to_i32((double)acc * p->scale[u]);
+            q = bf_mbqm(acc, p->multiplier[u], p->shift[u]);
             q = bf_wrap_add(q, p->output_offset);
             out[u] = (int8_t)bf_clamp_i32(q, p->act_min, p->act_max);
         }

@@ -332,7 +332,8 @@ struct bf_model_params {
     bf_conv2d_s8_params op2;
     bf_maxpool_s8_params op3;
     bf_reshape_any_params op4;
-    double op5_scale[10];
+    int32_t op5_multiplier[10];
+    int32_t op5_shift[10];
     bf_fully_connected_s8_params op5;
     bf_softmax_s8_params op6;
 } BF_ALIGNED8;
@@ -423,10 +424,13 @@ static const struct bf_model_params bf_params BF_PARAMS_ATTR = {
         .act_max = 127,
     },
     .op4 = { .bytes = 256 },
-    .op5_scale = {
-        0x1.5b78bf47829d2p-11, 0x1.a71316797feebp-11, 0x1.5e87615ce7e53p-11, 0x1.465b1194739c2p-11,
-        0x1.9f86cc3f99d11p-11, 0x1.48f2fa91344acp-11, 0x1.620068250fda4p-11, 0x1.838729a3e8de9p-11,
-        0x1.e8037775050efp-11, 0x1.490bd07d0daaep-11,
+    .op5_multiplier = {
+        1457401810, 1774503326, 1470224471, 1368835173, 1742844688, 1379712676, 1484790281, 1625410153,
+        2046877149, 1380119583,
+    },
+    .op5_shift = {
+        -10, -10, -10, -10, -10, -10, -10, -10,
+        -10, -10,
     },
     .op5 = {
         .batches = 1,
@@ -437,7 +441,8 @@ static const struct bf_model_params bf_params BF_PARAMS_ATTR = {
         .output_offset = 65,
         .act_min = -128,
         .act_max = 127,
-        .scale = bf_params.op5_scale,
+        .multiplier = bf_params.op5_multiplier,
+        .shift = bf_params.op5_shift,
     },
     .op6 = { .rows = 1, .depth = 10, .input_multiplier = 1742498688, .input_left_shift = 24, .diff_min = -124 },
 };

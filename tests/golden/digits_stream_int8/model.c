@@ -299,9 +299,11 @@ struct bf_model_params {
     bf_mul_s8_params op0;
     bf_mul_s8_params op2;
     bf_add_s8_params op3;
-    double op5_scale[32];
+    int32_t op5_multiplier[32];
+    int32_t op5_shift[32];
     bf_fully_connected_s8_params op5;
-    double op6_scale[10];
+    int32_t op6_multiplier[10];
+    int32_t op6_shift[10];
     bf_fully_connected_s8_params op6;
     bf_softmax_s8_params op7;
 } BF_ALIGNED8;
@@ -357,15 +359,17 @@ static const struct bf_model_params bf_params BF_PARAMS_ATTR = {
         .act_min = -128,
         .act_max = 127,
     },
-    .op5_scale = {
-        0x1.87fd4855f8225p-10, 0x1.0f10ca5424ffep-10, 0x1.543682534b16cp-10, 0x1.1ae4b20737b71p-10,
-        0x1.7d2e8e48294fdp-12, 0x1.4a50da47308cap-10, 0x1.3f6a716484964p-10, 0x1.1f51fa18fa1f3p-10,
-        0x1.255b8dc377c48p-10, 0x1.87a2891d4cc71p-10, 0x1.75caf51f43586p-10, 0x1.98cc402dcac72p-10,
-        0x1.0bf1bec952dd7p-10, 0x1.55ef88802dac4p-10, 0x1.29c11315d17eap-10, 0x1.70ff967239ebbp-12,
-        0x1.32ad7a93887e4p-10, 0x1.269deffc2e90cp-10, 0x1.dac875c6627b9p-11, 0x1.2b9e3fe47cf9bp-10,
-        0x1.e81b8f20e1406p-11, 0x1.02fafbe3e734fp-10, 0x1.8590868763e6fp-12, 0x1.34335c7211524p-10,
-        0x1.44fae274ac9adp-10, 0x1.f65108d412137p-11, 0x1.4ee54839aaef3p-10, 0x1.3c9abce9f30d8p-10,
-        0x1.3ee8ee8c13ff5p-10, 0x1.5710a38c52b56p-10, 0x1.71f895fb481dbp-12, 0x1.5d3aec73db738p-10,
+    .op5_multiplier = {
+        1644122645, 1136931477, 1426956437, 1186540674, 1598792594, 1385445010, 1339726937, 1205108358,
+        1230431089, 1642635847, 1567800648, 1714622475, 1123839922, 1434182176, 1248871621, 1547691421,
+        1286299301, 1235713023, 1991384434, 1256689657, 2047271880, 1086242553, 1633952162, 1292687133,
+        1363064989, 2106868277, 1404654094, 1327935290, 1337605027, 1438918883, 1551771007, 1464777501,
+    },
+    .op5_shift = {
+        -9, -9, -9, -9, -11, -9, -9, -9,
+        -9, -9, -9, -9, -9, -9, -9, -11,
+        -9, -9, -10, -9, -10, -9, -11, -9,
+        -9, -10, -9, -9, -9, -9, -11, -9,
     },
     .op5 = {
         .batches = 1,
@@ -376,12 +380,16 @@ static const struct bf_model_params bf_params BF_PARAMS_ATTR = {
         .output_offset = -128,
         .act_min = -128,
         .act_max = 127,
-        .scale = bf_params.op5_scale,
+        .multiplier = bf_params.op5_multiplier,
+        .shift = bf_params.op5_shift,
     },
-    .op6_scale = {
-        0x1.2ff90992b268p-9, 0x1.85d980e23d1cfp-10, 0x1.e52719d7002e1p-10, 0x1.ed4a013b0addcp-10,
-        0x1.918617587fbedp-10, 0x1.8b4796ec5a8dbp-10, 0x1.99ce4fa380b07p-10, 0x1.bbf6882535372p-10,
-        0x1.5f9728e44b44ep-10, 0x1.c33204c0c7fd9p-10,
+    .op6_multiplier = {
+        1274954341, 1635147833, 2034878070, 2069004367, 1684112854, 1657923003, 1718850537, 1862115849,
+        1474677305, 1892450608,
+    },
+    .op6_shift = {
+        -8, -9, -9, -9, -9, -9, -9, -9,
+        -9, -9,
     },
     .op6 = {
         .batches = 1,
@@ -392,7 +400,8 @@ static const struct bf_model_params bf_params BF_PARAMS_ATTR = {
         .output_offset = 45,
         .act_min = -128,
         .act_max = 127,
-        .scale = bf_params.op6_scale,
+        .multiplier = bf_params.op6_multiplier,
+        .shift = bf_params.op6_shift,
     },
     .op7 = { .rows = 1, .depth = 10, .input_multiplier = 1088474112, .input_left_shift = 24, .diff_min = -124 },
 };
