@@ -235,7 +235,7 @@ def test_sensitivity_measures_the_model_output(cnn_graph, calib) -> None:  # typ
     sens = measure_sensitivity(cnn_graph, x, y, methods=("quant",), mode="exact")
     for layer in sens.layers:
         int8 = layer.candidate(Setting.of("int8")).measurement
-        assert int8.loss == 0 and int8.output_mse == 0 and int8.agreement == 1.0
+        assert int8.loss == 0 and int8.output_error == 0 and int8.agreement == 1.0
         assert int8.accuracy == sens.base_accuracy
         two = layer.candidate(Setting.of("quant", bits=2, gptq=True)).measurement
         assert two.loss > layer.candidate(Setting.of("quant", bits=8)).measurement.loss

@@ -58,7 +58,8 @@ log = logging.getLogger(__name__)
 CALIB_FRACTION = 0.5
 SPLIT_SEED = 0
 DEFAULT_BOARD = "mps2-an386"
-LOO_SECONDS = 20.0  # leave-one-out repair analysis only when it costs less than this
+LOO_SECONDS = 20.0
+SELECT_SECONDS = 20.0  # leave-one-out repair analysis only when it costs less than this
 MAX_REPAIRS = 64
 
 # The uniform policies the planner is compared with: one setting for every layer it applies
@@ -88,6 +89,7 @@ class PlanRequest:
     explore: int = 0  # budgets swept for the Pareto front (0: none)
     uniform: bool = False  # evaluate the uniform policies on the validation data too (reports)
     alternatives: int = 3  # solver solutions compared as whole models on the calibration data
+    select_seconds: float = SELECT_SECONDS  # time for that comparison (at least one candidate)
     cache: bool = True
     measure_code: bool = True
 
@@ -174,7 +176,9 @@ class Evaluator:
         self.ref_top1 = {name: top1(ref) for name, ref in self.reference.items()}
         self._models: dict[tuple[tuple[int, Setting], ...], Any] = {}
         self._memo: dict[tuple[str, tuple[tuple[int, Setting], ...]], Metrics] = {}
-        self.seconds_per_run = 0.0
+        # Layers compressed one by one (the sensitivity pass): mixes of them simulate without
+        # compressing again (:meth:`quick`).
+        self.layers: Mapping[tuple[int, Setting], Any] = {}
 
     def accuracy(self, name: str) -> float | None:
         """The original int8 model's accuracy on a set (None without labels)."""
@@ -198,17 +202,32 @@ class Evaluator:
         return self._models[key]
 
     def __call__(self, settings: Mapping[int, Setting], name: str = "validation") -> Metrics:
+        """The mix compressed as ``boardfit compress`` does it, scored on set ``name``."""
         key = (name, self._key(settings))
         if key not in self._memo:
-            t0 = time.perf_counter()
-            x, y = self.sets[name]
-            outs = self._model(settings).predict(x)
-            pred = top1(outs)
-            acc = None if y is None else float(np.mean(pred == y))
-            loss = float(np.mean(output_loss(self.graph, self.reference[name], outs)))
-            self._memo[key] = Metrics(acc, float(np.mean(pred == self.ref_top1[name])), loss)
-            self.seconds_per_run = time.perf_counter() - t0
+            self._memo[key] = self._score(name, self._model(settings).predict(self.sets[name][0]))
         return self._memo[key]
+
+    def quick(self, settings: Mapping[int, Setting], name: str = "calibration") -> Metrics:
+        """The mix of the layers as the sensitivity pass compressed them (each calibrated on the
+        original model's activations), scored on set ``name``; falls back to :meth:`__call__`
+        when a layer was not compressed in this run (its sensitivity came from the cache)."""
+        from toolkit.compress.model import run_samples
+
+        if not all((i, s) in self.layers for i, s in settings.items()):
+            return self(settings, name)
+        key = ("quick:" + name, self._key(settings))
+        if key not in self._memo:
+            overrides = {i: self.layers[(i, s)].forward for i, s in settings.items()}
+            self._memo[key] = self._score(name, run_samples(self.graph, self.sets[name][0], overrides))
+        return self._memo[key]
+
+    def _score(self, name: str, outs: Sequence[np.ndarray]) -> Metrics:
+        y = self.sets[name][1]
+        pred = top1(outs)
+        acc = None if y is None else float(np.mean(pred == y))
+        loss = float(np.mean(output_loss(self.graph, self.reference[name], outs)))
+        return Metrics(acc, float(np.mean(pred == self.ref_top1[name])), loss)
 
 
 def _outputs(graph: Graph, x: np.ndarray) -> list[np.ndarray]:
@@ -242,7 +261,7 @@ def build_problem(sens: Sensitivity, cost: CostModel, need_latency: bool = False
                             o.setting.label)
                 continue
             row.append(Item(cost.option_flash(o), round_up(o.ram_bytes, 8), o.persistent_ram_bytes, o.kernel,
-                            c.measurement.loss, ms or 0.0))
+                            c.measurement.loss, ms or 0.0, c.measurement.output_error))
             kernels.add(o.kernel)
         if not row:
             raise PlanError(f"{layer.name}: no option has latency data for {cost.target}")
@@ -335,32 +354,69 @@ class _Timer:
         self._t = now
 
 
-def plan_model(req: PlanRequest, progress: Progress | None = None) -> PlanOutcome:
-    """Plan ``req.model`` for ``req.board`` (see the module docstring)."""
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """What does not depend on the board or the budgets: the int8 model, the data, the
+    sensitivity and the evaluator (with its memo of compressed mixes).  Reuse it to plan one
+    model for several boards and budgets (:func:`plan_model`'s ``prepared``)."""
+
+    key: tuple[Any, ...]
+    raw: bytes
+    graph: Graph
+    float_graph: Graph | None
+    data: _Data
+    sensitivity: Sensitivity
+    evaluator: Evaluator
+    reference: float | None  # float model (float input) or int8 model accuracy on validation
+
+
+def _prepare_key(req: PlanRequest) -> tuple[Any, ...]:
+    return (str(req.model), req.data, req.calib, req.methods, req.sensitivity, req.sensitivity_samples,
+            req.cache)
+
+
+def prepare(req: PlanRequest, progress: Progress | None = None) -> Prepared:
+    """Steps 1-3 of the module docstring, plus the original model's outputs on the data."""
     from toolkit.compress.pipeline import prepare_graph
     from toolkit.model.tflite import read_tflite
 
     progress = progress or _no_progress
-    timer = _Timer()
-    board = _board(req.board)
     raw = Path(req.model).read_bytes()
     raw_graph = dataclasses.replace(read_tflite(raw), name=Path(req.model).stem)
     data = load_data(req.data, req.calib)
     progress("preparing the model", 0, 1)
     graph, float_graph = prepare_graph(raw_graph, data.calib)
-    progress("preparing the model", 1, 1)
     calib_x = prepare_inputs(np.asarray(data.calib.x), graph, data.calib.name)
     calib_y = None if data.calib.y is None else np.asarray(data.calib.y)
     val = data.validation or data.calib
     val_x = prepare_inputs(np.asarray(val.x), graph, val.name)
     val_y = None if val.y is None else np.asarray(val.y)
-    timer.lap("data")
-
-    sens_n = len(calib_x) if req.sensitivity_samples is None else min(len(calib_x), req.sensitivity_samples)
-    sens = measure_sensitivity(graph, calib_x[:sens_n], None if calib_y is None else calib_y[:sens_n],
+    evaluator = Evaluator(graph, float_graph, calib_x, {"calibration": (calib_x, calib_y),
+                                                        "validation": (val_x, val_y)})
+    reference = evaluator.accuracy("validation")
+    if float_graph is not None and val_y is not None:
+        fx = prepare_inputs(np.asarray(val.x), float_graph, val.name)
+        reference = float(np.mean(top1(_outputs(float_graph, fx)) == val_y))
+    progress("preparing the model", 1, 1)
+    n = len(calib_x) if req.sensitivity_samples is None else min(len(calib_x), req.sensitivity_samples)
+    sens = measure_sensitivity(graph, calib_x[:n], None if calib_y is None else calib_y[:n],
                                float_graph=float_graph, methods=req.methods, mode=req.sensitivity,
                                cache=SensitivityCache.default() if req.cache else None, progress=progress)
-    timer.lap("sensitivity")
+    evaluator.layers = sens.compressed
+    return Prepared(_prepare_key(req), raw, graph, float_graph, data, sens, evaluator, reference)
+
+
+def plan_model(req: PlanRequest, progress: Progress | None = None,
+               prepared: Prepared | None = None) -> PlanOutcome:
+    """Plan ``req.model`` for ``req.board`` (see the module docstring).  ``prepared``: the
+    result of :func:`prepare` for the same model, data and sensitivity options, to reuse."""
+    progress = progress or _no_progress
+    timer = _Timer()
+    board = _board(req.board)
+    if prepared is None or prepared.key != _prepare_key(req):
+        prepared = prepare(req, progress)
+    timer.lap("prepare")
+    graph, sens = prepared.graph, prepared.sensitivity
 
     progress("measuring kernel code", 0, 1)
     cost = build_cost_model(graph, board, measure_code=req.measure_code)
@@ -382,21 +438,15 @@ def plan_model(req: PlanRequest, progress: Progress | None = None) -> PlanOutcom
     progress("solving", 1, 1)
     timer.lap("solve")
 
-    evaluator = Evaluator(graph, float_graph, calib_x, {"calibration": (calib_x, calib_y),
-                                                        "validation": (val_x, val_y)})
+    evaluator = prepared.evaluator
     found = _select(req, fitter, evaluator, found, progress)
     timer.lap("select")
-    reference = evaluator.accuracy("validation")
-    if float_graph is not None and val_y is not None:
-        fx = prepare_inputs(np.asarray(val.x), float_graph, val.name)
-        reference = float(np.mean(top1(_outputs(float_graph, fx)) == val_y))
-    state = _repair(fitter, evaluator, found, reference, req.max_drop, progress)
+    state = _repair(fitter, evaluator, found, prepared.reference, req.max_drop, progress)
     timer.lap("verify")
 
     explored = _explore(req, fitter, evaluator, state, progress)
     timer.lap("explore")
-    plan = _assemble(req, raw, graph, float_graph, board, cost, sens, fitter, state, evaluator, reference,
-                     plan_budgets, data, timer.seconds)
+    plan = _assemble(req, prepared, board, cost, fitter, state, plan_budgets, timer.seconds)
     return PlanOutcome(plan, tuple(explored), sens, state.footprint, dict(timer.seconds))
 
 
@@ -409,8 +459,10 @@ def _select(req: PlanRequest, fitter: _Fitter, evaluator: Evaluator, found: tupl
     """The candidate mix whose *whole* compressed model loses least on the calibration samples.
 
     Candidates: the solver's optimum, the next-best ``req.alternatives - 1`` solutions (each
-    excluded in turn), and the uniform policies that fit.  The solver adds up per-layer losses;
-    this step sees how the layers' errors combine, without looking at the validation samples.
+    excluded in turn), and the uniform policies that fit, compared in that order for at most
+    ``req.select_seconds``.  The solver adds up per-layer losses; this step sees how the layers'
+    errors combine (simulating the layers as the sensitivity pass compressed them), without
+    looking at the validation samples.
     """
     candidates = [found]
     seen = [found[0].choice]
@@ -434,9 +486,13 @@ def _select(req: PlanRequest, fitter: _Fitter, evaluator: Evaluator, found: tupl
     if len(candidates) == 1:
         return found
     scored = []
+    t0 = time.perf_counter()
     for k, cand in enumerate(candidates):
+        if k > 0 and time.perf_counter() - t0 > req.select_seconds:
+            log.info("compared %d of %d candidate mixes in %.0f s", k, len(candidates), req.select_seconds)
+            break
         progress("comparing candidate mixes", k, len(candidates))
-        scored.append((evaluator(fitter.settings(cand[0].choice), "calibration").loss, k))
+        scored.append((evaluator.quick(fitter.settings(cand[0].choice)).loss, k))
     progress("comparing candidate mixes", len(candidates), len(candidates))
     best = min(scored)[1]
     log.info("candidate mixes (calibration loss): %s; chose %d", [round(v, 5) for v, _ in scored], best)
@@ -496,15 +552,16 @@ def _hurt_order(fitter: _Fitter, evaluator: Evaluator, state: _State) -> list[in
     recovered when the layer alone goes back to int8 (if affordable), else by predicted loss."""
     problem = fitter.problem
     lossy = [k for k, c in enumerate(state.solution.choice) if problem.items[k][c].loss > 0]
-    if evaluator.seconds_per_run * len(lossy) > LOO_SECONDS:
-        return sorted(lossy, key=lambda k: -problem.items[k][state.solution.choice[k]].loss)
     base = fitter.settings(state.solution.choice)
-    now = evaluator(base, "calibration").loss
+    t0 = time.perf_counter()
+    now = evaluator.quick(base).loss
+    if (time.perf_counter() - t0) * len(lossy) > LOO_SECONDS:
+        return sorted(lossy, key=lambda k: -problem.items[k][state.solution.choice[k]].loss)
     gain: dict[int, float] = {}
     for k in lossy:
         reverted = dict(base)
         reverted[problem.layers[k]] = Setting.of("int8")
-        gain[k] = now - evaluator(reverted, "calibration").loss
+        gain[k] = now - evaluator.quick(reverted).loss
     return sorted(lossy, key=lambda k: -gain[k])
 
 
@@ -612,10 +669,9 @@ def _sweep(points: int, fitter: _Fitter, evaluator: Evaluator, progress: Progres
 # The plan.
 
 
-def _assemble(req: PlanRequest, raw: bytes, graph: Graph, float_graph: Graph | None, board: Any,
-              cost: CostModel, sens: Sensitivity, fitter: _Fitter, state: _State, evaluator: Evaluator,
-              reference: float | None, budgets: PlanBudgets, data: _Data,
-              seconds: Mapping[str, float]) -> Plan:
+def _assemble(req: PlanRequest, prepared: Prepared, board: Any, cost: CostModel, fitter: _Fitter,
+              state: _State, budgets: PlanBudgets, seconds: Mapping[str, float]) -> Plan:
+    graph, sens, evaluator, data = prepared.graph, prepared.sensitivity, prepared.evaluator, prepared.data
     layers = []
     for k, op_index in enumerate(fitter.problem.layers):
         option = fitter.options[k][state.solution.choice[k]]
@@ -635,14 +691,15 @@ def _assemble(req: PlanRequest, raw: bytes, graph: Graph, float_graph: Graph | N
     totals = PlanTotals(
         predicted_flash_bytes=fp.flash_bytes, predicted_ram_bytes=fp.ram_bytes,
         predicted_accuracy=m.accuracy, predicted_agreement=m.agreement,
-        predicted_loss=state.solution.loss, validation_loss=m.loss, reference_accuracy=reference,
+        predicted_loss=state.solution.loss, validation_loss=m.loss, reference_accuracy=prepared.reference,
         int8_accuracy=evaluator.accuracy("validation"), predicted_drop=state.drop,
         predicted_latency_ms=fp.latency_ms,
         flash=fp.to_json(), meets_max_drop=state.meets)
     tc = "host" if board is None else board.toolchain.prefix + "gcc"
     return Plan(
-        model=str(req.model), model_sha256=hashlib.sha256(raw).hexdigest(), graph_hash=graph.content_hash(),
-        float_model=float_graph is not None, board=cost.target, toolchain=tc, budgets=budgets,
+        model=str(req.model), model_sha256=hashlib.sha256(prepared.raw).hexdigest(),
+        graph_hash=graph.content_hash(), float_model=prepared.float_graph is not None, board=cost.target,
+        toolchain=tc, budgets=budgets,
         layers=tuple(layers), totals=totals, calibration=data.calib_set,
         validation=data.validation_set,
         sensitivity={"mode": sens.mode, "samples": sens.samples, "seconds": round(sens.seconds, 3),

@@ -9,7 +9,8 @@ from the *original* model's activations — the layer alone is compressed) and m
   relative squared error otherwise), on the calibration samples;
 * ``accuracy`` — top-1 accuracy on the calibration labels, when there are labels;
   ``agreement`` — top-1 agreement with the original model;
-* ``output_mse`` — the layer-local error: mean squared error of the layer's real-valued output.
+* ``output_error`` — the layer-local error: the squared error of the layer's output relative to
+  the output's power, ``mean (y − y_ref)² / mean y_ref²`` (0 when the output is unchanged).
 
 How the model output is obtained (``mode``):
 
@@ -18,7 +19,7 @@ How the model output is obtained (``mode``):
   that layer on (all options of a layer stacked into one batch);
 * ``proxy`` — the rest of the network runs only for a few *probe* options per layer (the ones
   whose output error is at the 50th and 100th percentile of that layer); every other option's
-  loss is predicted from its layer-local error, ``loss ≈ α_l · output_mse``, with ``α_l``
+  loss is predicted from its layer-local error, ``loss ≈ α_l · output_error``, with ``α_l``
   fitted to the layer's probes by least squares (the gradient-free, second-order view of a
   layer's sensitivity: a small output perturbation costs loss proportional to its energy).
   Probe options keep their measured loss; the others get ``exact = False`` and no accuracy.
@@ -55,7 +56,7 @@ from toolkit.planner.runner import GraphRunner, layer_forward, output_loss, top1
 
 log = logging.getLogger(__name__)
 
-SENSITIVITY_VERSION = 1  # bump when what is measured changes
+SENSITIVITY_VERSION = 2  # bump when what is measured changes
 MODES = ("auto", "exact", "proxy")
 EXACT_SECONDS = 20.0  # auto: the exact mode's estimated run time must stay under this
 PROBE_QUANTILES = (0.5, 1.0)  # proxy mode: probe options at these quantiles of the output error
@@ -74,7 +75,7 @@ class Measurement:
     """One option of one layer, that layer alone compressed (see the module docstring)."""
 
     loss: float
-    output_mse: float
+    output_error: float
     accuracy: float | None = None
     agreement: float | None = None
     exact: bool = True  # loss measured through the rest of the network (else the proxy)
@@ -118,6 +119,10 @@ class Sensitivity:
     layers: tuple[LayerSensitivity, ...]
     seconds: float = 0.0
     cached: int = 0  # candidates read from the cache
+    # The compressed layers measured in this run (not those read from the cache), kept in
+    # memory so that whole mixes can be simulated without compressing again.
+    compressed: Mapping[tuple[int, Setting], CompressedLayer] = field(default_factory=dict, compare=False,
+                                                                        repr=False)
 
     def layer(self, op_index: int) -> LayerSensitivity:
         for layer in self.layers:
@@ -207,7 +212,7 @@ def _candidate_to_json(c: Candidate) -> dict[str, Any]:
     return {
         "op_index": o.op_index, "setting": o.setting.to_table(), "flash_bytes": o.flash_bytes,
         "ram_bytes": o.ram_bytes, "macs": o.macs, "kernel": o.kernel,
-        "persistent_ram_bytes": o.persistent_ram_bytes, "loss": m.loss, "output_mse": m.output_mse,
+        "persistent_ram_bytes": o.persistent_ram_bytes, "loss": m.loss, "output_error": m.output_error,
         "accuracy": m.accuracy, "agreement": m.agreement, "exact": m.exact,
     }
 
@@ -218,7 +223,7 @@ def _candidate_from_json(d: Mapping[str, Any]) -> Candidate:
     option = Option(int(d["op_index"]), setting, int(d["flash_bytes"]), int(d["ram_bytes"]), int(d["macs"]),
                     str(d["kernel"]), int(d["persistent_ram_bytes"]))
     acc, agr = d["accuracy"], d["agreement"]
-    m = Measurement(float(d["loss"]), float(d["output_mse"]), None if acc is None else float(acc),
+    m = Measurement(float(d["loss"]), float(d["output_error"]), None if acc is None else float(acc),
                     None if agr is None else float(agr), bool(d["exact"]))
     return Candidate(option, m)
 
@@ -261,7 +266,8 @@ class _Layer:
     found: dict[Setting, Candidate] = field(default_factory=dict)
     outputs: dict[Setting, np.ndarray] = field(default_factory=dict)  # compressed outputs, not yet scored
     options: dict[Setting, Option] = field(default_factory=dict)
-    mse: dict[Setting, float] = field(default_factory=dict)
+    error: dict[Setting, float] = field(default_factory=dict)
+    compressed: dict[Setting, CompressedLayer] = field(default_factory=dict)
 
 
 class _Scorer:
@@ -295,14 +301,15 @@ class _Scorer:
         return results
 
 
-def _output_mse(graph: Graph, op: Op, y: np.ndarray, ref: np.ndarray) -> float:
+def _output_error(graph: Graph, op: Op, y: np.ndarray, ref: np.ndarray) -> float:
     q = graph.tensors[op.outputs[0]].quant
-    scale = q.scale[0] if q is not None else 1.0
-    d = (y.reshape(len(y), -1).astype(np.float64) - ref.reshape(len(ref), -1).astype(np.float64)) * scale
-    return float(np.mean(d * d))
+    zp = q.zero_point[0] if q is not None else 0
+    r = ref.reshape(len(ref), -1).astype(np.float64) - zp
+    d = y.reshape(len(y), -1).astype(np.float64) - zp - r
+    return float(np.mean(d * d) / max(float(np.mean(r * r)), 1e-12))
 
 
-def _apply(layer: _Layer, setting: Setting, graph: Graph) -> tuple[Option, np.ndarray] | None:
+def _apply(layer: _Layer, setting: Setting, graph: Graph) -> tuple[CompressedLayer, np.ndarray] | None:
     from toolkit.compress.registry import get_method
 
     try:
@@ -311,7 +318,7 @@ def _apply(layer: _Layer, setting: Setting, graph: Graph) -> tuple[Option, np.nd
         log.warning("%s: %s cannot be applied: %s", layer.op.label, setting.label, exc)
         return None
     y = layer_forward(graph, layer.op.index, cl.forward, layer.calib.inputs)
-    return cl.option, y
+    return cl, y
 
 
 def measure_sensitivity(
@@ -364,8 +371,9 @@ def measure_sensitivity(
             progress("compressing options", done, total)
             if applied is None:
                 continue
-            w.options[s], w.outputs[s] = applied
-            w.mse[s] = _output_mse(graph, w.op, applied[1], w.calib.reference)
+            w.compressed[s], w.outputs[s] = applied
+            w.options[s] = applied[0].option
+            w.error[s] = _output_error(graph, w.op, applied[1], w.calib.reference)
     alphas = _score(work, scorer, chosen, progress)
     if cache is not None and len(stored) != sum(len(w.found) for w in work):
         fresh = {_entry_key(w.op.index, s): c for w in work for s, c in w.found.items()}
@@ -378,7 +386,9 @@ def measure_sensitivity(
     for layer in layers:
         if not any(c.setting.method == "int8" for c in layer.candidates):
             raise PlanError(f"{layer.name}: the dense int8 kernel cannot run this layer")
-    return Sensitivity(graph.content_hash(), n, chosen, base_acc, layers, time.perf_counter() - t_start, hits)
+    compressed = {(w.op.index, s): cl for w in work for s, cl in w.compressed.items()}
+    return Sensitivity(graph.content_hash(), n, chosen, base_acc, layers, time.perf_counter() - t_start, hits,
+                       compressed)
 
 
 def _layer_work(graph: Graph, op: Op, float_w: np.ndarray | None, cached: Mapping[int, np.ndarray],
@@ -445,13 +455,13 @@ def _score(work: Sequence[_Layer], scorer: _Scorer, mode: str, progress: Progres
 def _score_exact(w: _Layer, scorer: _Scorer, settings: Sequence[Setting]) -> None:
     results = scorer.score(w.op.index, [w.outputs[s] for s in settings])
     for s, (loss, acc, agr) in zip(settings, results, strict=True):
-        w.found[s] = Candidate(w.options[s], Measurement(loss, w.mse[s], acc, agr, True))
+        w.found[s] = Candidate(w.options[s], Measurement(loss, w.error[s], acc, agr, True))
 
 
 def _score_proxy(w: _Layer, scorer: _Scorer) -> float:
-    """Probe a few options through the network, fit ``loss ≈ α · mse``, predict the rest."""
-    pending = sorted(w.outputs, key=lambda s: (w.mse[s], s.label))
-    lossy = [s for s in pending if w.mse[s] > 0]
+    """Probe a few options through the network, fit ``loss ≈ α · error``, predict the rest."""
+    pending = sorted(w.outputs, key=lambda s: (w.error[s], s.label))
+    lossy = [s for s in pending if w.error[s] > 0]
     probes: list[Setting] = []
     for q in PROBE_QUANTILES:
         if lossy:
@@ -459,15 +469,15 @@ def _score_proxy(w: _Layer, scorer: _Scorer) -> float:
             if s not in probes:
                 probes.append(s)
     _score_exact(w, scorer, probes)
-    num = sum(w.found[s].measurement.loss * w.mse[s] for s in probes)
-    den = sum(w.mse[s] ** 2 for s in probes)
+    num = sum(w.found[s].measurement.loss * w.error[s] for s in probes)
+    den = sum(w.error[s] ** 2 for s in probes)
     alpha = num / den if den > 0 else 0.0
     for s in pending:
         if s in probes:
             continue
-        loss = 0.0 if w.mse[s] == 0 else alpha * w.mse[s]
-        exact = w.mse[s] == 0  # an identical output costs nothing, exactly
+        loss = 0.0 if w.error[s] == 0 else alpha * w.error[s]
+        exact = w.error[s] == 0  # an identical output costs nothing, exactly
         agr = 1.0 if exact else None
         acc = scorer.base_accuracy if exact else None
-        w.found[s] = Candidate(w.options[s], Measurement(loss, w.mse[s], acc, agr, exact))
+        w.found[s] = Candidate(w.options[s], Measurement(loss, w.error[s], acc, agr, exact))
     return alpha

@@ -12,8 +12,9 @@ Variables: a binary ``x[l, o]`` per option ``o`` of layer ``l`` and a binary ``y
   persistent tables of every option, plus state ``≤ R`` (steps that run no layer share one row);
 * optional latency: ``Σ latency[l, o] · x ≤ T − fixed latency``.
 
-The objective minimises the predicted loss ``Σ loss[l, o] · x`` (plus a negligible tie-break
-towards fewer flash bytes, so that equal-loss options resolve to the smaller one), or, to find
+The objective minimises the predicted loss ``Σ loss[l, o] · x`` (plus a negligible tie-break:
+among options of equal loss — a model whose output does not react to a layer — the one that
+changes the layer's output least), or, to find
 the smallest reachable footprint, the flash or the RAM peak.  HiGHS solves it to optimality
 (relative gap 0); the chosen integers are re-checked against the budgets with exact integer
 arithmetic (:func:`evaluate`), and a budget violated by floating-point tolerance is tightened
@@ -36,7 +37,7 @@ from toolkit.planner.cost import RamStep
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("loss", "flash", "ram")
-TIE_BREAK = 1e-8  # objective weight of an option as big as the largest one, against 1 unit of loss
+TIE_BREAK = 1e-7  # weight of the secondary objective (relative output error ≤ ~1) against loss
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Item:
     kernel: str
     loss: float
     latency_ms: float = 0.0
+    tie: float = 0.0  # secondary objective among equal losses (the layer's relative output error)
 
 
 @dataclass(frozen=True)
@@ -187,10 +189,7 @@ class _Milp:
         n = len(self.index)
         code = self.problem.kernel_code
         if self.objective == "loss":
-            scale = max(1.0, *(float(it.flash) for it in self.items))
-            c[:n] = [it.loss + TIE_BREAK * it.flash / scale for it in self.items]
-            for k, j in self.kvar.items():
-                c[j] = TIE_BREAK * code[k] / scale
+            c[:n] = [it.loss + TIE_BREAK * min(it.tie, 10.0) for it in self.items]
         elif self.objective == "flash":
             c[:n] = [it.flash for it in self.items]
             for k, j in self.kvar.items():
