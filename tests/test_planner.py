@@ -120,6 +120,19 @@ def test_kernel_code_is_paid_once() -> None:
     assert solve(problem, Budgets(flash=1019)).choice == (0, 0)  # k does not fit: 200 B without it
 
 
+def test_ties_resolve_to_the_smaller_option_but_never_outweigh_loss() -> None:
+    steps = (RamStep(0, 0, 0),)
+    tie = Problem((0,), ((Item(100, 0, 0, "a", 0.0), Item(60, 0, 0, "a", 0.0)),), {}, 0, steps)
+    assert solve(tie, Budgets()).choice == (1,)
+    # A layer-output error breaks a tie of losses before bytes do.
+    items = ((Item(100, 0, 0, "a", 0.0, tie=0.0), Item(60, 0, 0, "a", 0.0, tie=0.3)),)
+    err = Problem((0,), items, {}, 0, steps)
+    assert solve(err, Budgets()).choice == (0,)
+    # Neither outweighs a real loss difference, however small the option.
+    loss = Problem((0,), ((Item(100_000, 0, 0, "a", 0.0), Item(1, 0, 0, "a", 1e-5, tie=0.0)),), {}, 0, steps)
+    assert solve(loss, Budgets()).choice == (0,)
+
+
 # ---------------------------------------------------------------------------------------------
 # RAM is a peak, not a sum.
 

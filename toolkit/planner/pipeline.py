@@ -99,6 +99,8 @@ class Metrics:
     accuracy: float | None
     agreement: float
     loss: float
+    # Per sample: correct (with labels) or agreeing with the original model (without).
+    hits: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -225,9 +227,10 @@ class Evaluator:
     def _score(self, name: str, outs: Sequence[np.ndarray]) -> Metrics:
         y = self.sets[name][1]
         pred = top1(outs)
-        acc = None if y is None else float(np.mean(pred == y))
+        agree = pred == self.ref_top1[name]
+        hits = agree if y is None else pred == y
         loss = float(np.mean(output_loss(self.graph, self.reference[name], outs)))
-        return Metrics(acc, float(np.mean(pred == self.ref_top1[name])), loss)
+        return Metrics(None if y is None else float(np.mean(hits)), float(np.mean(agree)), loss, hits)
 
 
 def _outputs(graph: Graph, x: np.ndarray) -> list[np.ndarray]:

@@ -14,7 +14,7 @@ Variables: a binary ``x[l, o]`` per option ``o`` of layer ``l`` and a binary ``y
 
 The objective minimises the predicted loss ``Σ loss[l, o] · x`` (plus a negligible tie-break:
 among options of equal loss — a model whose output does not react to a layer — the one that
-changes the layer's output least), or, to find
+changes the layer's output least, then the one with fewer bytes), or, to find
 the smallest reachable footprint, the flash or the RAM peak.  HiGHS solves it to optimality
 (relative gap 0); the chosen integers are re-checked against the budgets with exact integer
 arithmetic (:func:`evaluate`), and a budget violated by floating-point tolerance is tightened
@@ -37,7 +37,13 @@ from toolkit.planner.cost import RamStep
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("loss", "flash", "ram")
-TIE_BREAK = 1e-7  # weight of the secondary objective (relative output error ≤ ~1) against loss
+# Objective units.  HiGHS stops within an absolute gap of 1e-6, so the loss is scaled up until
+# that gap is far below any loss difference that matters (1e-12 of KL), and the tie-breaks
+# (relative output error ≤ ~1, flash as a fraction of the largest option) weigh less than
+# a loss difference of 1e-6 per layer.
+LOSS_SCALE = 1e6
+TIE_BREAK = 0.1
+FLASH_TIE = 0.1  # within the tie-break
 
 
 @dataclass(frozen=True)
@@ -189,7 +195,11 @@ class _Milp:
         n = len(self.index)
         code = self.problem.kernel_code
         if self.objective == "loss":
-            c[:n] = [it.loss + TIE_BREAK * min(it.tie, 10.0) for it in self.items]
+            scale = max(1.0, *(float(it.flash) for it in self.items))
+            c[:n] = [LOSS_SCALE * it.loss + TIE_BREAK * (min(it.tie, 10.0) + FLASH_TIE * it.flash / scale)
+                     for it in self.items]
+            for k, j in self.kvar.items():
+                c[j] = TIE_BREAK * FLASH_TIE * code[k] / scale
         elif self.objective == "flash":
             c[:n] = [it.flash for it in self.items]
             for k, j in self.kvar.items():
