@@ -35,6 +35,7 @@ from firmware_gen.lower import (
     lower_op,
 )
 from firmware_gen.render import c_ident
+from targets import isa
 from toolkit.errors import BuildError
 from toolkit.model.ir import DType, Graph, Op, Tensor, VariableOptions
 
@@ -226,6 +227,9 @@ class ModelProgram:
     symbols: tuple[str, ...]  # sorted kernel symbols called
     debug: DebugPlan = field(default_factory=lambda: DebugPlan((), 0))
     plan_hash: str = NO_PLAN_HASH  # hex sha256 of the compression plan (zeros: none)
+    variants: tuple[str, ...] = ("ref",)  # kernel variants of the build, preference order
+    # op index -> the variant whose code runs it ("ref" where no optimized kernel applies)
+    layer_variants: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:
@@ -282,9 +286,18 @@ def _params_layout(members: Sequence[ParamsMember], model: cdecl.DataModel) -> t
 # Building the program.
 
 
-def lower_graph(graph: Graph) -> dict[int, KernelCall]:
-    """KernelCall of every op except the state copies."""
-    return {op.index: lower_op(graph, op) for op in graph.ops if op.opcode not in STATE_OPS}
+def lower_graph(graph: Graph, variants: Sequence[str] = ("ref",)) -> dict[int, KernelCall]:
+    """KernelCall of every op except the state copies.  ``variants`` (preference order, see
+    targets/isa.py): each call is lowered for the variant whose source of its family the project
+    compiles, so its scratch is that variant's."""
+    calls = {}
+    for op in graph.ops:
+        if op.opcode in STATE_OPS:
+            continue
+        call = lower_op(graph, op)
+        variant = isa.family_variant(variants, call.family)
+        calls[op.index] = call if variant == "ref" else lower_op(graph, op, variant)
+    return calls
 
 
 def default_arena(graph: Graph, calls: Mapping[int, KernelCall], strategy: str = "greedy") -> ArenaPlan:
@@ -294,7 +307,8 @@ def default_arena(graph: Graph, calls: Mapping[int, KernelCall], strategy: str =
 
 
 def build_program(
-    graph: Graph, *, arena: ArenaPlan | None = None, strategy: str = "greedy", plan_hash: str | None = None
+    graph: Graph, *, arena: ArenaPlan | None = None, strategy: str = "greedy", plan_hash: str | None = None,
+    variants: Sequence[str] = ("ref",),
 ) -> ModelProgram:
     """Lower, plan and lay out ``graph``; raises UnsupportedOp / BuildError with the op named.
 
@@ -302,7 +316,7 @@ def build_program(
     device reports it next to the model hash (32 zero bytes when None)."""
     if not graph.ops:
         raise BuildError(f"model {graph.name!r} has no operators")
-    calls = lower_graph(graph)
+    calls = lower_graph(graph, variants)
     if not calls:
         raise BuildError(f"model {graph.name!r} only copies state; there is nothing to compute")
     plan = arena if arena is not None else default_arena(graph, calls, strategy)
@@ -330,6 +344,8 @@ def build_program(
         symbols=tuple(sorted({c.symbol for c in calls.values()})),
         debug=_debug_plan(graph, plan),
         plan_hash=_check_hash(plan_hash if plan_hash is not None else NO_PLAN_HASH, "plan hash"),
+        variants=tuple(variants),
+        layer_variants={i: isa.layer_variant(variants, c) for i, c in calls.items()},
     )
 
 

@@ -20,7 +20,8 @@ import dataclasses
 import importlib.resources
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from firmware_gen.arena import ArenaPlan
 from firmware_gen.program import DTYPE_CODES, ModelProgram, Pointer, build_program
 from firmware_gen.render import render
 from firmware_gen.sizes import CodeEstimate, Sizes, predict
+from targets import isa
 from targets.toolchains import toolchain_for
 from toolkit.errors import BuildError
 from toolkit.model.ir import Graph
@@ -81,12 +83,41 @@ def _kernel_root() -> Any:
     return importlib.resources.files("firmware_gen").joinpath(KERNELS)
 
 
-def _kernel_files(families: Sequence[str], variants: Sequence[str]) -> dict[str, bytes]:
+_RELATIVE_INCLUDE = re.compile(rb'^\s*#\s*include\s+"(\.\./[^"]+)"', re.M)
+
+
+def _with_included(files: dict[str, bytes], root: Any) -> None:
+    """Add every file a kernel file includes by a relative path (``#include "../ref/conv.c"``,
+    ``"../opt/…"``): optimized variants include ref's source of the family they replace."""
+    todo = [p for p in files if p.startswith(KERNELS)]
+    while todo:
+        path = todo.pop()
+        for m in _RELATIVE_INCLUDE.finditer(files[path]):
+            rel = os.path.normpath(os.path.join(os.path.dirname(path), m.group(1).decode()))
+            if rel not in files:
+                files[rel] = root.joinpath(os.path.relpath(rel, KERNELS)).read_bytes()
+                todo.append(rel)
+
+
+def _included_only(files: dict[str, bytes]) -> set[str]:
+    """Kernel .c files that another kernel file includes: compiled inside it, never alone."""
+    out = set()
+    for path, data in files.items():
+        if path.startswith(KERNELS):
+            for m in _RELATIVE_INCLUDE.finditer(data):
+                out.add(os.path.normpath(os.path.join(os.path.dirname(path), m.group(1).decode())))
+    return {p for p in out if p.endswith(".c")}
+
+
+def _kernel_files(families: Sequence[str], variants: Sequence[str],
+                  target: isa.IsaTarget | None = None) -> dict[str, bytes]:
     """relative path -> bytes of every kernel file the project needs.
 
     Every public header (``kernels/include``) is copied; each family's source comes from the
     first variant that has it (``ref`` is always the last resort); a variant directory
-    contributes its headers when one of its sources is used.
+    contributes its headers when one of its sources is used, and the files its sources include
+    by relative path.  The x86 variant's ``bf_x86_target.h`` names the instruction sets
+    targets/isa.py chose for ``target`` (default: this machine).
     """
     root = _kernel_root()
     order = [*variants, *(() if "ref" in variants else ("ref",))]
@@ -110,12 +141,18 @@ def _kernel_files(families: Sequence[str], variants: Sequence[str]) -> dict[str,
         for entry in sorted(root.joinpath(variant).iterdir(), key=lambda e: e.name):
             if entry.name.endswith(".h"):
                 files[f"{KERNELS}/{variant}/{entry.name}"] = entry.read_bytes()
-    return files
+    _with_included(files, root)
+    x86_header = f"{KERNELS}/x86/bf_x86_target.h"
+    if x86_header in files:
+        files[x86_header] = isa.x86_target_header(target or isa.host_target()).encode()
+    return dict(sorted(files.items()))
 
 
-def _library_sources(files: Iterable[str]) -> tuple[str, ...]:
-    """model.c first, then the kernel sources in path order."""
-    return ("model.c", *sorted(p for p in files if p.startswith(KERNELS) and p.endswith(".c")))
+def _library_sources(files: Mapping[str, bytes]) -> tuple[str, ...]:
+    """model.c first, then the kernel sources in path order (not those only included)."""
+    skip = _included_only(dict(files))
+    return ("model.c", *sorted(p for p in files if p.startswith(KERNELS) and p.endswith(".c")
+                               and p not in skip))
 
 
 def _include_dirs(files: Iterable[str]) -> tuple[str, ...]:
@@ -149,9 +186,12 @@ def runtime_file(name: str) -> bytes:
     return importlib.resources.files("firmware_gen").joinpath(RUNTIME).joinpath(name).read_bytes()
 
 
-def render_project(program: ModelProgram, variants: Sequence[str] = DEFAULT_VARIANTS) -> dict[str, bytes]:
-    """Every file of the project as relative path -> bytes (nothing is written)."""
-    files = _kernel_files(program.kernel_families, variants)
+def render_project(program: ModelProgram, variants: Sequence[str] | None = None,
+                   target: isa.IsaTarget | None = None) -> dict[str, bytes]:
+    """Every file of the project as relative path -> bytes (nothing is written).  ``variants``
+    default to the ones the program was lowered for."""
+    files = _kernel_files(program.kernel_families, program.variants if variants is None else variants,
+                          target)
     files[MODEL_API_HEADER] = runtime_file(MODEL_API_HEADER)
     sources = _library_sources(files)
     include_dirs = _include_dirs(files)
@@ -197,7 +237,7 @@ def generate_project(
     *,
     board: Board | None = None,
     plan: ArenaPlan | None = None,
-    variants: Sequence[str] = DEFAULT_VARIANTS,
+    variants: Sequence[str] | None = None,
     strategy: str = "greedy",
     predict_sizes: bool = True,
     plan_hash: str | None = None,
@@ -206,14 +246,17 @@ def generate_project(
 
     ``plan`` is a ready arena plan (default: :func:`~firmware_gen.arena.plan_arena` with
     ``strategy`` over the kernels' scratch and in-place needs).  ``variants`` lists kernel
-    variant directories in order of preference (``ref`` is the fallback).  ``board`` (default:
+    variant directories in order of preference (``ref`` is the fallback; default: what
+    targets/isa.py chooses from the board's ISA features, or this CPU's).  ``board`` (default:
     this machine) is the target of the predicted sizes: its toolchain compiles each kernel once
     (cached) to measure kernel code; weights, parameters, arena and state are exact without it.
     Files are written only when their bytes change, so an unchanged model keeps its build.
     ``plan_hash`` (hex sha256 of the compression plan) is what the device reports as its plan.
     """
-    program = build_program(graph, arena=plan, strategy=strategy, plan_hash=plan_hash)
-    files = render_project(program, variants)
+    if variants is None:
+        variants = isa.board_variants(board)
+    program = build_program(graph, arena=plan, strategy=strategy, plan_hash=plan_hash, variants=variants)
+    files = render_project(program, variants, isa.target_of(board))
     out = Path(out_dir)
     for rel, data in files.items():
         path = out / rel

@@ -68,6 +68,7 @@ FEATURES: Final[Mapping[str, str]] = {
     "avx2": "x86 AVX2",
     "avx512": "x86 AVX-512 F/BW/VL",
     "avx512-vnni": "x86 AVX-512 VNNI",
+    "avx512-vpopcntdq": "x86 AVX-512 VPOPCNTDQ (vector popcount)",
     "rv-m": "RISC-V M (integer multiply/divide)",
     "rv-a": "RISC-V A (atomics)",
     "rv-f": "RISC-V F (single-precision float)",
@@ -89,7 +90,8 @@ ARCH_FEATURES: Final[Mapping[str, frozenset[str]]] = {
     "armv7-a": frozenset({"dsp", "neon", "fp16", "crc"}) | _ARM_M_FP,
     "aarch64": frozenset({"neon", "crc", "fp16", "dotprod", "i8mm", "sve"}) | _ARM_M_FP,
     "xtensa-lx7": frozenset({"fpu", "xtensa-pie"}),
-    "x86_64": frozenset({"popcnt", "sse4.2", "avx2", "avx512", "avx512-vnni"}) | _ARM_M_FP,
+    "x86_64": frozenset({"popcnt", "sse4.2", "avx2", "avx512", "avx512-vnni", "avx512-vpopcntdq"})
+    | _ARM_M_FP,
     # The build machine: its features are detected when building, never listed in a file.
     "native": frozenset(),
 }
