@@ -347,6 +347,15 @@ def verdicts(rows: Sequence[Row]) -> list[str]:
     return out
 
 
+def _error_summary(exc: Exception) -> str:
+    """The command's diagnosis rather than its long argv: the first line that says 'error'."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines[1:]:
+        if "error" in ln.lower():
+            return f"{type(exc).__name__}: {ln}"
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(example_models()),
@@ -360,21 +369,24 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(example_models())}")
     rows: list[Row] = []
+    failed: dict[str, str] = {}  # model -> first line of the error: reported, never skipped silently
     with tempfile.TemporaryDirectory(prefix="bf-footprint-") as tmp:
         for model in models:
             try:
                 rows.append(measure(model, args.board, not args.no_bisect, Path(tmp)))
             except (BoardfitError, TflmFailed) as exc:
-                print(f"error: {model}: {exc}", file=sys.stderr)
-                return 2
+                failed[model] = _error_summary(exc)
     lines = verdicts(rows)
+    if failed:
+        lines.append(f"NOT MEASURED ({len(failed)} of {len(models)} models; the targets are unverified "
+                     "there): " + "; ".join(f"{m}: {e}" for m, e in failed.items()))
     if args.json:
         doc = {"schema": SCHEMA, "board": args.board, "unit": "bytes",
                "note": "TFLM figures from the x86-64 tflite-micro package (64-bit pointers in the "
                        "tail); tflm_total32_lower_bound = head + ceil(tail / 2)",
-               "rows": [r.to_json() for r in rows], "verdicts": lines}
+               "rows": [r.to_json() for r in rows], "failed": failed, "verdicts": lines}
         print(json.dumps(doc, indent=2))
-        return 0
+        return 1 if failed else 0
     console = Console(width=230)
     console.print(table(rows, args.board))
     for line in lines:
@@ -383,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         parts = next(r for r in rows if r.tflm_parts).tflm_parts
         console.print("TFLM tail parts (first model): " + ", ".join(f"{k} {v:,}" for k, v in parts.items()),
                       highlight=False)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -478,13 +478,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(example_models())}")
     info = machine()
     rows: list[Result] = []
+    failed: dict[str, str] = {}  # model -> error: reported in the output, never skipped silently
     with tempfile.TemporaryDirectory(prefix="bf-host-latency-") as tmp:
         for model in models:
             try:
                 rows.append(measure(model, max(1, args.repeat), args.batch_ms / 1e3, Path(tmp), args.opt))
-            except BoardfitError as exc:
-                print(f"error: {model}: {exc}", file=sys.stderr)
-                return 2
+            except (BoardfitError, RuntimeError, ValueError) as exc:
+                failed[model] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
     info["loadavg_end"] = list(os.getloadavg())
     compiler = f"{info['gcc']} {args.opt}"
     lines = verdicts(rows)
@@ -493,12 +493,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         lines.append("optimized kernels: no x86 kernel variant runs any layer of these models "
                      f"(variants for this CPU: {', '.join(_optimized_variants())}); boardfit-opt = boardfit")
+    if failed:
+        lines.append(f"NOT MEASURED ({len(failed)} of {len(models)} models; targets unverified there): "
+                     + "; ".join(f"{m}: {e}" for m, e in failed.items()))
     if args.json:
         doc = {"schema": SCHEMA, "unit": "microseconds per inference", "machine": info,
                "repeat": args.repeat, "batch_ms": args.batch_ms, "compiler": compiler,
-               "results": [r.to_json() for r in rows], "verdicts": lines}
+               "results": [r.to_json() for r in rows], "failed": failed, "verdicts": lines}
         print(json.dumps(doc, indent=2))
-        return 0
+        return 1 if failed else 0
     console = Console(width=220)
     console.print(table(rows))
     console.print(f"{info['cpu']}, {info['cores']} cores, {info['machine']}; {compiler}; load average "
@@ -507,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
                   highlight=False)
     for line in lines:
         console.print(line, highlight=False)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
