@@ -52,6 +52,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rich import box  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -302,7 +303,7 @@ def table(rows: Sequence[Row], board_id: str) -> Table:
             "RAM pred", "RAM meas", "TFLM total", "TFLM head", "TFLM tail", "TFLM smallest",
             "RAM/total", "≤0.5?", "RAM/total32lb", "≤0.5?", "arena/head", "≤1?", "arena ref-only")
     for c in cols:
-        t.add_column(c, justify="left" if c in ("model", "kernels") else "right", no_wrap=c == "model")
+        t.add_column(c, justify="left" if c in ("model", "kernels") else "right", no_wrap=True)
     for r in rows:
         t.add_row(r.model, f"{r.tflite_bytes:,}", f"{r.predicted['flash_bytes']:,}",
                   f"{r.measured['flash_bytes']:,}", _variants(r), f"{r.arena:,}",
@@ -363,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--board", default="mps2-an386", help="board whose build is measured")
     ap.add_argument("--no-bisect", action="store_true", help="skip TFLM's smallest-arena bisection")
     ap.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
+    ap.add_argument("--markdown", action="store_true", help="tables as Markdown (for the README)")
     args = ap.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if not (MODELS_DIR / f"{m}.tflite").is_file()]
@@ -387,8 +389,11 @@ def main(argv: list[str] | None = None) -> int:
                "rows": [r.to_json() for r in rows], "failed": failed, "verdicts": lines}
         print(json.dumps(doc, indent=2))
         return 1 if failed else 0
-    console = Console(width=230)
-    console.print(table(rows, args.board))
+    console = Console(width=400 if args.markdown else 230)
+    t = table(rows, args.board)
+    if args.markdown:
+        t.box = box.MARKDOWN
+    console.print(t)
     for line in lines:
         console.print(line, highlight=False)
     with contextlib.suppress(StopIteration):

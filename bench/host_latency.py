@@ -56,6 +56,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rich import box  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -418,7 +419,7 @@ def table(rows: Sequence[Result]) -> Table:
              "TFLM / boardfit", "TFLM / cffi", "max|Δ| vs TFLM"]
     cols += ["TFLite / opt", "TFLM / opt"] if has_opt else []
     for c in cols:
-        t.add_column(c, justify="left" if c == "model" else "right", no_wrap=c == "model")
+        t.add_column(c, justify="left" if c == "model" else "right", no_wrap=True)
     for r in rows:
         cells = [r.model, f"{r.macs:,}", _us(r.median_us["boardfit"])]
         if has_opt:
@@ -471,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-ms", type=float, default=25.0, help="target duration of one batch")
     ap.add_argument("--opt", default="-O2", help="optimization flag for the generated C (default -O2)")
     ap.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
+    ap.add_argument("--markdown", action="store_true", help="tables as Markdown (for the README)")
     args = ap.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if not (MODELS_DIR / f"{m}.tflite").is_file()]
@@ -502,8 +504,11 @@ def main(argv: list[str] | None = None) -> int:
                "results": [r.to_json() for r in rows], "failed": failed, "verdicts": lines}
         print(json.dumps(doc, indent=2))
         return 1 if failed else 0
-    console = Console(width=220)
-    console.print(table(rows))
+    console = Console(width=400 if args.markdown else 220)
+    t = table(rows)
+    if args.markdown:
+        t.box = box.MARKDOWN
+    console.print(t)
     console.print(f"{info['cpu']}, {info['cores']} cores, {info['machine']}; {compiler}; load average "
                   f"{info['loadavg_start'][0]:.2f} -> {info['loadavg_end'][0]:.2f}; {args.repeat} "
                   "interleaved rounds; ratios = median of per-round ratios (> 1: boardfit faster)",
