@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         t.box = box.MARKDOWN
     console.print(t)
     for line in lines:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
     with contextlib.suppress(StopIteration):
         parts = next(r for r in rows if r.tflm_parts).tflm_parts
         console.print("TFLM tail parts (first model): " + ", ".join(f"{k} {v:,}" for k, v in parts.items()),

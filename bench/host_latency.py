@@ -514,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
                   "interleaved rounds; ratios = median of per-round ratios (> 1: boardfit faster)",
                   highlight=False)
     for line in lines:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
     return 1 if failed else 0
 
 
