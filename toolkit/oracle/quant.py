@@ -19,7 +19,7 @@ INT32_MAX = 2**31 - 1
 
 def tflite_round(x: float) -> int:
     """``std::round``: half away from zero (unlike Python's banker's ``round``)."""
-    return int(math.floor(abs(x) + 0.5)) * (1 if x >= 0 else -1)
+    return math.floor(abs(x) + 0.5) * (1 if x >= 0 else -1)
 
 
 def quantize_multiplier(real_multiplier: float) -> tuple[int, int]:
