@@ -17,7 +17,9 @@ Data: the digits models plan on ``digits:calib`` (200 calibration samples) and a
 ``digits:test`` (400).  The MLPerf Tiny-shaped models were trained on random data (their
 accuracy is meaningless): they get random inputs from their training distribution, half for
 calibration and half for validation, and are scored by top-1 **agreement** with the original
-int8 model instead of accuracy.
+int8 model instead of accuracy — except the autoencoder, whose output is a reconstruction, not
+class scores: it is scored by **fidelity**, 100 × (1 − the output's squared error relative to
+its power), compared per sample with the Wilcoxon signed-rank test.
 
 Timing: ``vww_mobilenet`` (28 weight layers, 852 options) is planned from scratch with the
 sensitivity cache off, on 8 calibration samples for the sensitivity pass; wall time and the
@@ -76,7 +78,7 @@ class Row:
     budget: str
     flash_budget: int
     ram_budget: int
-    metric: str  # "accuracy" | "agreement"
+    metric: str  # "accuracy" | "agreement" | "fidelity" (100 × (1 − relative output error))
     reference: float | None  # float (float models) or int8 accuracy; 100 for agreement
     plan_fits: bool
     plan_flash: int | None = None
@@ -88,19 +90,25 @@ class Row:
     uniform_metric: float | None = None
     seconds: float = 0.0
     note: str = ""
-    plan_only: int = 0  # validation samples only the plan gets right (agrees on)
+    plan_only: int = 0  # validation samples only the plan gets right (agrees on; lower error)
     uniform_only: int = 0  # ... only the best uniform policy gets right
+    p_value: float | None = None  # fidelity: Wilcoxon signed-rank test of the per-sample errors
     uniform_all: dict[str, Any] = field(default_factory=dict)
 
     @property
     def verdict(self) -> str:
         """better / equal / WORSE, paired over the validation samples: a difference counts only
-        when McNemar's test finds it at 95 % (``|b − c| > 1.96 √(b + c)``)."""
+        when McNemar's test finds it at 95 % (``|b − c| > 1.96 √(b + c)``), or for fidelity the
+        Wilcoxon signed-rank test of the per-sample errors (p < 0.05)."""
         if not self.plan_fits:
             return "nothing fits" if self.uniform_name is None else "PLANNER FAILED"
         if self.uniform_name is None:
             return "only the planner fits"
         b, c = self.plan_only, self.uniform_only
+        if self.p_value is not None:
+            if self.p_value >= 0.05:
+                return "equal" if b == c else ("equal (+)" if b > c else "equal (−)")
+            return "better" if b > c else "WORSE"
         if abs(b - c) <= Z95 * (b + c) ** 0.5:
             return "equal" if b == c else ("equal (+)" if b > c else "equal (−)")
         return "better" if b > c else "WORSE"
@@ -125,9 +133,10 @@ def _pct(v: float | None) -> float | None:
     return None if v is None else round(100 * v, 2)
 
 
-def _metric(outcome_metrics: Any) -> float | None:
-    m = outcome_metrics
-    return _pct(m.accuracy if m.accuracy is not None else m.agreement)
+def _metric(m: Any) -> float | None:
+    if m.accuracy is not None:
+        return _pct(m.accuracy)
+    return _pct(m.agreement if m.classifier else 1.0 - m.loss)
 
 
 def _mix(outcome: PlanOutcome) -> str:
@@ -151,7 +160,10 @@ def _budgets(model: str, low: int, int8_flash: int, board_budget: int) -> list[t
 def _row(model: str, board_id: str, label: str, flash: int, prepared: Prepared, req: PlanRequest) -> Row:
     board = load_board(board_id)
     labelled = prepared.evaluator.sets["validation"][1] is not None
-    metric = "accuracy" if labelled else "agreement"
+    from toolkit.planner.runner import is_probability_output
+
+    classifier = labelled or is_probability_output(prepared.graph, prepared.graph.outputs[0])
+    metric = "accuracy" if labelled else "agreement" if classifier else "fidelity"
     ref = _pct(prepared.reference) if labelled else 100.0
     row = Row(model, board_id, label, flash, board.ram_budget, metric, ref, False)
     t0 = time.perf_counter()
@@ -178,7 +190,14 @@ def _row(model: str, board_id: str, label: str, flash: int, prepared: Prepared, 
             row.uniform_name, row.uniform_flash, row.uniform_metric = e.label, e.flash_bytes, score
             best = e
     chosen = next(e for e in outcome.explored if e.kind == "chosen")
-    if best is not None and chosen.metrics.hits is not None and best.metrics.hits is not None:
+    if best is not None and metric == "fidelity":
+        from scipy.stats import wilcoxon
+
+        a, b = chosen.metrics.losses, best.metrics.losses
+        assert a is not None and b is not None
+        row.plan_only, row.uniform_only = int(np.sum(a < b)), int(np.sum(b < a))
+        row.p_value = 1.0 if np.all(a == b) else float(wilcoxon(a, b).pvalue)
+    elif best is not None and chosen.metrics.hits is not None and best.metrics.hits is not None:
         row.plan_only = int(np.sum(chosen.metrics.hits & ~best.metrics.hits))
         row.uniform_only = int(np.sum(best.metrics.hits & ~chosen.metrics.hits))
     return row
@@ -248,6 +267,140 @@ def targets(rows: list[Row], timing_doc: dict[str, Any] | None) -> dict[str, Any
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# Latency data: per-kernel instruction counts on the emulated Cortex-M4.
+
+LATENCY_MODELS = ("digits_mlp_int8", "digits_cnn_int8", "kws_dscnn_int8")
+LATENCY_FILE = ROOT / "boards" / "latency" / "cortex-m4.toml"
+
+
+def _latency_calls(rng: np.random.Generator) -> list[tuple[Any, int, int, int]]:
+    """(M4Call, MACs, output elements, filter taps) for every kernel of every option of the layers of
+    LATENCY_MODELS (compressed without calibration: storage and speed do not depend on it),
+    and for the other ops' kernels."""
+    from m4_harness import M4Call
+
+    from firmware_gen.lower import STATE_OPS, lower_op
+    from toolkit.compress.base import COMPRESSIBLE_OPS, LayerRef
+    from toolkit.compress.registry import get_method
+    from toolkit.model.tflite import read_tflite
+    from toolkit.planner.cost import filter_taps
+    from toolkit.planner.sensitivity import layer_settings
+
+    out: list[tuple[Any, int, int, int]] = []
+    seen: set[tuple[str, int]] = set()
+    for model in LATENCY_MODELS:
+        g = read_tflite(MODELS_DIR / f"{model}.tflite")
+        for op in g.ops:
+            tin, tout = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
+            x = rng.integers(-128, 128, size=tin.shape, dtype=np.int8)
+            if op.opcode not in COMPRESSIBLE_OPS:
+                if op.opcode in STATE_OPS or len([t for t in op.inputs if t >= 0
+                                                  and not g.tensors[t].is_constant]) != 1:
+                    continue
+                call = lower_op(g, op)
+                if (call.symbol, tout.num_elements) not in seen:
+                    seen.add((call.symbol, tout.num_elements))
+                    case = M4Call(f"{model}:{op.index}:{call.symbol}", call, g, x)
+                    out.append((case, 0, tout.num_elements, 1))
+                continue
+            for setting in layer_settings(g, op):
+                layer = get_method(setting.method).apply(LayerRef(g, op), setting, None)
+                key = (layer.option.kernel, layer.option.macs)
+                if key in seen:
+                    continue
+                seen.add(key)
+                case = M4Call(f"{model}:{op.index}:{setting.label}", layer.call, g, x)
+                out.append((case, layer.option.macs, tout.num_elements, filter_taps(g, op.index)))
+    return out
+
+
+def calibrate_latency() -> dict[str, Any]:
+    """Measure every kernel, fit :class:`~toolkit.planner.cost.KernelTiming` per kernel and
+    write boards/latency/cortex-m4.toml."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from m4_harness import run_on_m4
+
+    from toolkit.planner.cost import _kernel_tree
+
+    cases = _latency_calls(np.random.default_rng(0))
+    sources, include = _kernel_tree()
+    results = []
+    for start in range(0, len(cases), 40):  # a few programs: each stays small enough to link
+        chunk = cases[start:start + 40]
+        results += run_on_m4([c[0] for c in chunk], sources, include)
+    by_kernel: dict[str, list[tuple[int, int, int, float]]] = {}
+    for (call, macs, outs, taps), res in zip(cases, results, strict=True):
+        by_kernel.setdefault(call.call.symbol, []).append((macs, outs, taps, res.instructions))
+    fits: dict[str, dict[str, float]] = {}
+    worst = 0.0
+    for sym, pts in sorted(by_kernel.items()):
+        fits[sym] = _fit(pts)
+        worst = max(worst, fits[sym]["per_mac"])
+    _write_latency(fits, worst)
+    return fits
+
+
+_TERMS = ("fixed", "per_mac", "per_tap", "per_output")
+
+
+def _fit(pts: list[tuple[int, int, int, float]]) -> dict[str, float]:
+    """Non-negative least squares of *relative* errors (small calls count as much as big ones),
+    with the terms the calls can tell apart: per MAC, per output window tap, per output, fixed
+    (a term is added only if it raises the rank and leaves more calls than terms)."""
+    from scipy.optimize import nnls
+
+    a = np.array([[1.0, m, o * t, o] for m, o, t, _ in pts])
+    y = np.array([v for *_, v in pts])
+    w = 1.0 / y
+    scaled = a / np.maximum(np.abs(a).max(axis=0), 1.0)
+    cols: list[int] = []
+    order = (1, 2, 3, 0) if np.any(a[:, 1]) else (3, 0)  # without MACs a window tap is an output
+    for c in order:
+        if not np.any(a[:, c]):
+            continue
+        trial = [*cols, c]
+        full_rank = np.linalg.matrix_rank(scaled[:, trial], tol=1e-6) == len(trial)
+        if full_rank and (len(pts) > len(trial) or not cols):
+            cols = trial
+    scale = np.maximum(np.abs(a[:, cols]).max(axis=0), 1.0)
+    coef, _ = nnls(a[:, cols] / scale * w[:, None], y * w)
+    full = dict.fromkeys(_TERMS, 0.0)
+    for c, v in zip(cols, coef / scale, strict=True):
+        full[_TERMS[c]] = float(v)
+    pred = a @ np.array([full[t] for t in _TERMS])
+    full["max_error"] = float(np.max(np.abs(pred - y) / y))
+    full["points"] = len(pts)
+    return full
+
+
+def _write_latency(fits: dict[str, dict[str, float]], worst_per_mac: float) -> None:
+    lines = [
+        "# Instruction counts of boardfit's portable (ref) kernels on a Cortex-M4, per call:",
+        "#   instructions = fixed + per_mac * MACs + per_tap * outputs * (kh * kw) + per_output * outputs",
+        "# (MACs as each compression option counts them: Option.macs).  Measured by",
+        "# `python bench/planner.py --calibrate-latency` on QEMU 7.2 mps2-an386 with -icount shift=6",
+        "# (tests/m4_harness.py: arm-none-eabi-gcc 12 -O2, SysTick), fitted by non-negative least",
+        "# squares over the layers of the digits MLP/CNN and the DS-CNN at every setting.",
+        "# These are instructions, not cycles: latency = instructions * cycles_per_instruction / clock",
+        "# is a lower bound on a real part (loads take 2 cycles, flash wait states more).",
+        'core = "cortex-m4"',
+        "cycles_per_instruction = 1.0",
+        "",
+        "# Layer kernels not measured here: the most expensive per-MAC rate measured.  Other ops'",
+        "# kernels without an entry leave the model's latency uncalibrated.",
+        "[default]",
+        f"per_mac = {worst_per_mac:.4f}",
+        "",
+    ]
+    for sym, f in fits.items():
+        lines += [f"[kernels.{sym}]  # {int(f['points'])} calls, max error {100 * f['max_error']:.1f} %",
+                  f"fixed = {f['fixed']:.1f}", f"per_mac = {f['per_mac']:.4f}",
+                  f"per_tap = {f['per_tap']:.4f}", f"per_output = {f['per_output']:.4f}", ""]
+    LATENCY_FILE.parent.mkdir(parents=True, exist_ok=True)
+    LATENCY_FILE.write_text("\n".join(lines), encoding="utf-8")
+
+
 def _fmt(v: Any, pct: bool = False) -> str:
     if v is None:
         return "—"
@@ -283,9 +436,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--boards", default=",".join(BOARDS))
     ap.add_argument("--quick", action="store_true", help="the digits models only")
     ap.add_argument("--no-timing", action="store_true", help=f"skip planning {TIMING_MODEL} for time")
+    ap.add_argument("--calibrate-latency", action="store_true",
+                    help="measure the kernels on the emulated Cortex-M4, write boards/latency/cortex-m4.toml")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.calibrate_latency:
+        fits = calibrate_latency()
+        print(json.dumps(fits, indent=2) if args.json else f"wrote {LATENCY_FILE} ({len(fits)} kernels)")
+        return 0
     models = args.models.split(",") if args.models else list(DIGITS if args.quick else MODELS)
     boards = args.boards.split(",")
     rows: list[Row] = []

@@ -28,10 +28,10 @@ whole run.  The live sum is a lower bound of the arena the generator's placement
 :meth:`CostModel.footprint` runs that placement (``firmware_gen.arena.plan_arena``) and the
 solver tightens its bound when placement needs more (:mod:`toolkit.planner.solve`).
 
-**Latency** (optional): per kernel, ``fixed + per_mac · MACs + per_output · output elements``
-instructions from the board core's data file ``boards/latency/<core>.toml`` (measured under
-QEMU with ``-icount``), divided by the clock.  Without a data file latency is *uncalibrated*:
-reported as None and a latency budget is refused.
+**Latency** (optional): per kernel, ``fixed + per_mac · MACs + per_tap · outputs · window +
+per_output · outputs`` instructions (:class:`KernelTiming`) from the board core's data file
+``boards/latency/<core>.toml`` (measured under QEMU with ``-icount``), divided by the clock.
+Without a data file latency is *uncalibrated*: reported as None and a latency budget is refused.
 """
 
 from __future__ import annotations
@@ -74,14 +74,19 @@ LATENCY_DIR = "latency"  # inside the boards package: boards/latency/<core>.toml
 
 @dataclass(frozen=True)
 class KernelTiming:
-    """Instructions of one kernel call: ``fixed + per_mac · macs + per_output · outputs``."""
+    """Instructions of one kernel call:
+    ``fixed + per_mac · MACs + per_tap · outputs · taps + per_output · outputs``, where ``taps``
+    is the filter window (kh · kw; 1 for dense layers) — the loop overhead a convolution pays per
+    window position, which MACs alone do not capture (a 3×3 conv on one channel costs several
+    times more per MAC than a 1×1 conv on 64)."""
 
     fixed: float = 0.0
     per_mac: float = 0.0
     per_output: float = 0.0
+    per_tap: float = 0.0
 
-    def instructions(self, macs: int, outputs: int) -> float:
-        return self.fixed + self.per_mac * macs + self.per_output * outputs
+    def instructions(self, macs: int, outputs: int, taps: int = 1) -> float:
+        return self.fixed + self.per_mac * macs + self.per_tap * outputs * taps + self.per_output * outputs
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ class LatencyModel:
     core: str
     source: str
     kernels: Mapping[str, KernelTiming]
-    default: KernelTiming | None = None
+    default: KernelTiming | None = None  # for layer kernels without an entry
     cycles_per_instruction: float = 1.0
 
     def timing(self, symbol: str) -> KernelTiming | None:
@@ -102,12 +107,13 @@ class LatencyModel:
 
 
 def _timing(table: Mapping[str, Any], where: str) -> KernelTiming:
-    unknown = set(table) - {"fixed", "per_mac", "per_output"}
+    unknown = set(table) - {"fixed", "per_mac", "per_output", "per_tap"}
     if unknown:
-        raise PlanError(f"{where}: unknown key(s) {sorted(unknown)}; expected fixed, per_mac, per_output")
+        raise PlanError(f"{where}: unknown key(s) {sorted(unknown)}; expected fixed, per_mac, per_tap, "
+                        "per_output")
     try:
         return KernelTiming(float(table.get("fixed", 0.0)), float(table.get("per_mac", 0.0)),
-                            float(table.get("per_output", 0.0)))
+                            float(table.get("per_output", 0.0)), float(table.get("per_tap", 0.0)))
     except (TypeError, ValueError) as exc:
         raise PlanError(f"{where}: coefficients must be numbers") from exc
 
@@ -209,6 +215,7 @@ class CostModel:
     other_scratch: Mapping[int, int]
     in_place: Mapping[int, tuple[int, ...]]
     output_elements: Mapping[int, int]
+    taps: Mapping[int, int]  # filter window (kh · kw) of each conv / depthwise layer
     clock_hz: int | None = None
     latency: LatencyModel | None = None
     base_latency_ms: float | None = None
@@ -244,7 +251,8 @@ class CostModel:
         timing = self.latency.timing(option.kernel)
         if timing is None:
             return None
-        instr = timing.instructions(option.macs, self.output_elements.get(option.op_index, 0))
+        instr = timing.instructions(option.macs, self.output_elements.get(option.op_index, 0),
+                                    self.taps.get(option.op_index, 1))
         return self.latency.milliseconds(instr, self.clock_hz)
 
     # -- whole plans ---------------------------------------------------------------------------
@@ -371,12 +379,21 @@ def build_cost_model(graph: Graph, board: Any | None = None, *, measure_code: bo
         other_scratch=other_scratch, in_place=in_place,
         output_elements={op.index: int(np.prod(graph.tensors[op.outputs[0]].shape)) for op in graph.ops
                          if op.outputs},
-        clock_hz=clock, latency=latency, _tc=tcinfo)
+        taps={i: filter_taps(graph, i) for i in layers}, clock_hz=clock, latency=latency, _tc=tcinfo)
     base_code = cm._code(base_kernels)[0] if base_kernels else 0
     base_latency = _base_latency(cm, other_calls)
     from dataclasses import replace
 
     return replace(cm, base_code_bytes=base_code, base_latency_ms=base_latency)
+
+
+def filter_taps(graph: Graph, op_index: int) -> int:
+    """kh · kw of a CONV_2D / DEPTHWISE_CONV_2D filter; 1 for FULLY_CONNECTED."""
+    op = graph.ops[op_index]
+    if op.opcode not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        return 1
+    shape = graph.tensors[op.inputs[1]].shape
+    return int(shape[1] * shape[2])
 
 
 def _is_layer_member(name: str, layers: set[int]) -> bool:
@@ -389,8 +406,9 @@ def _base_latency(cm: CostModel, calls: Mapping[int, KernelCall]) -> float | Non
         return None
     total = 0.0
     for i, c in calls.items():
-        timing = cm.latency.timing(c.symbol)
+        timing = cm.latency.kernels.get(c.symbol)  # no default: these kernels have no MACs
         if timing is None:
+            log.info("no latency data for %s on %s: latency uncalibrated", c.symbol, cm.latency.core)
             return None
         total += timing.instructions(0, cm.output_elements.get(i, 0))
     return cm.latency.milliseconds(total, cm.clock_hz)

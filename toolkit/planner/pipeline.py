@@ -17,7 +17,8 @@
    ``predicted_accuracy`` (the host simulation is bit-exact with the device).  With
    ``max_drop`` the accuracy drop (points below the float model for float inputs, else below
    the int8 model; without labels, the percentage of samples whose top-1 differs from the
-   original model) must not exceed it: otherwise the layers that hurt most are upgraded —
+   original model, or for outputs that are not class scores the output error in percent of
+   the output's power) must not exceed it: otherwise the layers that hurt most are upgraded —
    their current option and every option predicted as lossy are forbidden and the solver runs
    again — until the drop is met or the budgets make it impossible (the plan then says so).
    Which layer hurts most is measured by leave-one-out simulation (the drop recovered by
@@ -43,7 +44,7 @@ from toolkit.errors import DataError, PlanError
 from toolkit.model.ir import Graph
 from toolkit.planner.cost import CostModel, Footprint, build_cost_model
 from toolkit.planner.plan import Plan, PlanBudgets, PlannedLayer, PlanTotals, SampleSet
-from toolkit.planner.runner import GraphRunner, output_loss, top1
+from toolkit.planner.runner import GraphRunner, is_probability_output, output_loss, top1
 from toolkit.planner.sensitivity import (
     Progress,
     Sensitivity,
@@ -99,8 +100,10 @@ class Metrics:
     accuracy: float | None
     agreement: float
     loss: float
-    # Per sample: correct (with labels) or agreeing with the original model (without).
+    # Per sample: correct (with labels) or agreeing with the original model (without); loss.
     hits: np.ndarray | None = field(default=None, compare=False, repr=False)
+    losses: np.ndarray | None = field(default=None, compare=False, repr=False)
+    classifier: bool = True  # False: the output is not a class score (agreement means nothing)
 
 
 @dataclass(frozen=True)
@@ -229,8 +232,10 @@ class Evaluator:
         pred = top1(outs)
         agree = pred == self.ref_top1[name]
         hits = agree if y is None else pred == y
-        loss = float(np.mean(output_loss(self.graph, self.reference[name], outs)))
-        return Metrics(None if y is None else float(np.mean(hits)), float(np.mean(agree)), loss, hits)
+        losses = output_loss(self.graph, self.reference[name], outs)
+        classifier = y is not None or is_probability_output(self.graph, self.graph.outputs[0])
+        acc = None if y is None else float(np.mean(hits))
+        return Metrics(acc, float(np.mean(agree)), float(np.mean(losses)), hits, losses, classifier)
 
 
 def _outputs(graph: Graph, x: np.ndarray) -> list[np.ndarray]:
@@ -238,10 +243,21 @@ def _outputs(graph: Graph, x: np.ndarray) -> list[np.ndarray]:
     return [values[t] for t in graph.outputs]
 
 
+def drop_metric(m: Metrics) -> str:
+    """What :func:`drop_points` measures for these metrics."""
+    if m.accuracy is not None:
+        return "accuracy"
+    return "agreement" if m.classifier else "output error"
+
+
 def drop_points(m: Metrics, reference_accuracy: float | None) -> float:
-    """Accuracy points lost against the reference; without labels, % of changed top-1."""
+    """Accuracy points lost against the reference.  Without labels: the percentage of samples
+    whose top-1 class changed (classifiers) or, for other outputs (an autoencoder's
+    reconstruction), the output error in percent of the output's power (100 × relative MSE)."""
     if m.accuracy is not None and reference_accuracy is not None:
         return 100.0 * (reference_accuracy - m.accuracy)
+    if not m.classifier:
+        return 100.0 * m.loss
     return 100.0 * (1.0 - m.agreement)
 
 
@@ -697,7 +713,7 @@ def _assemble(req: PlanRequest, prepared: Prepared, board: Any, cost: CostModel,
         predicted_loss=state.solution.loss, validation_loss=m.loss, reference_accuracy=prepared.reference,
         int8_accuracy=evaluator.accuracy("validation"), predicted_drop=state.drop,
         predicted_latency_ms=fp.latency_ms,
-        flash=fp.to_json(), meets_max_drop=state.meets)
+        flash=fp.to_json(), meets_max_drop=state.meets, drop_metric=drop_metric(m))
     tc = "host" if board is None else board.toolchain.prefix + "gcc"
     return Plan(
         model=str(req.model), model_sha256=hashlib.sha256(prepared.raw).hexdigest(),

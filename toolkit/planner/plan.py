@@ -83,6 +83,9 @@ class PlanTotals:
     predicted_latency_ms: float | None
     flash: Mapping[str, Any] = field(default_factory=dict)  # breakdown (Footprint.to_json)
     meets_max_drop: bool | None = None
+    # What predicted_drop measures: "accuracy" (labels), "agreement" (top-1 vs the original
+    # model, no labels) or "output error" (not a classifier: 100 × relative MSE of the output).
+    drop_metric: str = "accuracy"
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ def _totals_json(t: PlanTotals) -> dict[str, Any]:
         "predicted_loss": t.predicted_loss, "validation_loss": t.validation_loss,
         "reference_accuracy": t.reference_accuracy, "int8_accuracy": t.int8_accuracy,
         "predicted_drop": t.predicted_drop, "predicted_latency_ms": t.predicted_latency_ms,
-        "meets_max_drop": t.meets_max_drop, "flash": dict(t.flash),
+        "meets_max_drop": t.meets_max_drop, "drop_metric": t.drop_metric, "flash": dict(t.flash),
     }
 
 
@@ -228,7 +231,7 @@ def _totals_from(r: _Reader) -> PlanTotals:
         predicted_drop=_opt_float(r, "predicted_drop"),
         predicted_latency_ms=_opt_float(r, "predicted_latency_ms"),
         flash=dict(r.get("flash", (dict,), optional=True) or {}),
-        meets_max_drop=meets)
+        meets_max_drop=meets, drop_metric=r.get("drop_metric", (str,), optional=True) or "accuracy")
 
 
 def _samples_from(r: _Reader) -> SampleSet:

@@ -122,9 +122,13 @@ def print_plan(console: Console, outcome: PlanOutcome, plan_path: Path | None = 
         console.print("* predicted from the layer's output error (proxy sensitivity)")
     console.print(_fit_table(plan))
     ref = "float model" if plan.float_model else "int8 model"
-    acc = (f"validation accuracy {_pct(tot.predicted_accuracy)} (simulated, whole compressed model); "
-           f"{ref} {_pct(tot.reference_accuracy)}") if tot.predicted_accuracy is not None else \
-        f"top-1 agreement with the original model {_pct(tot.predicted_agreement)} (no labels)"
+    if tot.drop_metric == "accuracy":
+        acc = (f"validation accuracy {_pct(tot.predicted_accuracy)} (simulated, whole compressed model); "
+               f"{ref} {_pct(tot.reference_accuracy)}")
+    elif tot.drop_metric == "agreement":
+        acc = f"top-1 agreement with the original model {_pct(tot.predicted_agreement)} (no labels)"
+    else:
+        acc = f"output error {_pct(tot.validation_loss)} of the output's power (not a classifier, no labels)"
     console.print(escape(acc))
     if tot.predicted_drop is not None:
         limit = plan.budgets.max_drop
@@ -132,7 +136,8 @@ def print_plan(console: Console, outcome: PlanOutcome, plan_path: Path | None = 
         if limit is not None:
             verdict = (" — meets --max-drop" if tot.meets_max_drop else
                        f" — [red]exceeds --max-drop {limit:g}[/]: the budget allows no better mix")
-        console.print(f"drop: {tot.predicted_drop:.2f} points{verdict}")
+        unit = "points" if tot.drop_metric != "output error" else "% output error"
+        console.print(f"drop: {tot.predicted_drop:.2f} {unit}{verdict}")
     for r in plan.solver.get("repairs", []):
         console.print(escape(f"repaired layer {r['layer']} ({r['from']}): drop {r['drop_before']:.2f} → "
                              f"{r['drop_after']:.2f} points"))
@@ -162,8 +167,11 @@ def _pyplot() -> Any:
 
 
 def _metric(e: Explored) -> float:
+    """Accuracy; without labels top-1 agreement, or for other outputs fidelity 1 − rel. error (%)."""
     m = e.metrics
-    return 100 * (m.accuracy if m.accuracy is not None else m.agreement)
+    if m.accuracy is not None:
+        return 100 * m.accuracy
+    return 100 * (m.agreement if m.classifier else 1.0 - m.loss)
 
 
 def pareto_front(points: Sequence[Explored]) -> list[Explored]:
@@ -203,7 +211,9 @@ def plot_pareto(outcome: PlanOutcome, out_dir: Path) -> list[Path]:
         ax.axvline(plan.budgets.flash_bytes / 1024, color="gray", ls="--", lw=1, label="flash budget")
     ax.scatter([], [], marker="s", color="#ff7f0e", label="uniform policies")
     ax.set_xlabel("flash (KiB): weights + params + kernel code")
-    ax.set_ylabel("validation accuracy (%)" if labelled else "top-1 agreement with the original (%)")
+    metric = plan.totals.drop_metric
+    ax.set_ylabel("validation accuracy (%)" if labelled else "top-1 agreement with the original (%)"
+                  if metric == "agreement" else "output fidelity: 100 − relative error (%)")
     ax.set_title(f"{Path(plan.model).name} on {plan.board}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")

@@ -23,8 +23,11 @@ by one unit and re-solved.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -271,12 +274,33 @@ class _Milp:
         return out
 
 
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """HiGHS writes some diagnostics straight to file descriptor 1 (``disp=False``
+    notwithstanding); they must not corrupt ``--json`` output on stdout."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stdout (tests' captured streams)
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), fd)
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
 def _solve_once(problem: Problem, budgets: Budgets, objective: str, forbid: Mapping[int, frozenset[int]],
                 exclude: Sequence[Sequence[int]], time_limit: float) -> Solution | None:
     m = _Milp(problem, objective)
     bounds, integrality = m.bounds(forbid)
-    res = milp(m.costs(), constraints=[m.constraints(budgets, exclude)], integrality=integrality,
-               bounds=bounds, options={"time_limit": time_limit, "mip_rel_gap": 0.0, "presolve": True})
+    with _quiet_stdout():
+        res = milp(m.costs(), constraints=[m.constraints(budgets, exclude)], integrality=integrality,
+                   bounds=bounds, options={"time_limit": time_limit, "mip_rel_gap": 0.0, "presolve": True})
     if res.x is None or res.status not in (0, 1):
         log.info("milp: %s", res.message)
         return None
