@@ -400,3 +400,26 @@ def test_build_problem_uses_exact_layer_bytes(cnn_graph, calib) -> None:  # type
             assert it.flash == c.option.flash_bytes + cost.params_bytes(c.option.kernel)
             assert it.flash % 8 == 0 and it.loss == c.measurement.loss
     assert math.isclose(problem.fixed_latency_ms, 0.0)
+
+
+def test_latency_budget_constrains_the_plan(cnn_graph, calib) -> None:  # type: ignore[no-untyped-def]
+    from toolkit.boards import load_board
+    from toolkit.planner.cost import load_latency
+
+    lat = load_latency("cortex-m4")
+    assert lat is not None and "bf_conv2d_s8" in lat.kernels
+    x, y = calib
+    sens = measure_sensitivity(cnn_graph, x[:16], y[:16], methods=("quant",), mode="proxy")
+    cost = build_cost_model(cnn_graph, load_board("mps2-an386"), measure_code=False)
+    problem = build_problem(sens, cost, need_latency=True)
+    dense = [next(k for k, c in enumerate(layer.candidates) if c.setting.method == "int8")
+             for layer in sens.layers]
+    fastest = evaluate(problem, dense).latency_ms  # the dense int8 kernels are the fastest
+    assert fastest > 0
+    # The smallest flash needs the packed 4/2-bit kernels, which unpack every weight: slower.
+    small = solve(problem, Budgets(), objective="flash")
+    assert small is not None and small.latency_ms > fastest
+    assert solve(problem, Budgets(flash=small.flash, latency_ms=fastest)) is None
+    quick = solve(problem, Budgets(latency_ms=fastest))
+    assert quick is not None and quick.latency_ms <= fastest + 1e-9
+    assert solve(problem, Budgets(latency_ms=fastest * 0.99)) is None
