@@ -92,8 +92,9 @@ class Struct:
 
 # A field of a params struct: ``int`` → int32_t, ``float`` → float (always exact in float32),
 # ``tuple[int, ...]`` → an inline int32_t[BF_MAX_DIMS] array (padded to its full length),
-# ConstArray → a pointer to constant data, Struct → a nested struct.
-FieldValue = int | float | tuple[int, ...] | ConstArray | Struct
+# ConstArray → a pointer to constant data, Struct → a nested struct, None → a NULL pointer (an
+# optional table the kernel does without, e.g. a sparse layer's codebook in raw-int8 mode).
+FieldValue = int | float | tuple[int, ...] | ConstArray | Struct | None
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ Huffman-coded (:mod:`toolkit.compress.huffman`).  :func:`sparse_layer` turns tha
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import cast
 
 import numpy as np
 
@@ -54,9 +53,6 @@ FAMILY = "sparse"
 MODES = ("plain", "layer", "boot")
 BOOT_TAG_BYTES = 8  # BF_HBOOT_TAG_BYTES in ref/sparse.c
 BIAS_SHIFT_MAX = 15
-
-# cdecl renders None as NULL; lower.FieldValue does not list it.
-NULL = cast(FieldValue, None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,7 +114,7 @@ def scratch_bytes(g: Geometry, sw: SparseWeights) -> int:
 
 def _layout(sw: SparseWeights) -> Struct:
     t = sw.table
-    cb: FieldValue = NULL if sw.codebook is None else ConstArray(
+    cb: FieldValue = None if sw.codebook is None else ConstArray(
         "int8_t", tuple(int(v) for v in sw.codebook))
     return Struct("bf_sparse_layout", (("index_bits", t.index_bits), ("value_bits", t.value_bits),
                                        ("count_bits", t.count_bits), ("codebook", cb)))
