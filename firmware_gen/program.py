@@ -12,20 +12,41 @@ Memory layout rules that make sizes exact on any link order:
   in one section pack without gaps in any order;
 * all kernel parameters (structs, per-channel tables, pointer lists) are members of one object
   ``bf_params`` whose type is 8-byte aligned: its size follows from the C layout rules alone.
+
+Compressed models (``build_program(graph, compressed=cm)``, a
+:class:`~toolkit.compress.model.CompressedModel` of ``graph``): each compressed op runs its
+layer's own :class:`~firmware_gen.lower.KernelCall` instead of the lowering's, and
+
+* every :class:`~firmware_gen.lower.ConstArray` of such a call (packed weights, codebooks,
+  sparse streams, bit planes, per-channel tables) becomes a weight array of its own in flash,
+  8-byte aligned and padded like the others, which its params struct points at — so a layer's
+  weight bytes are exactly its ``Option.flash_bytes`` (``toolkit.compress.base.array_flash_bytes``);
+* a layer whose ``Option.persistent_ram_bytes`` is non-zero declares that **its scratch is
+  persistent**: a buffer of ``call.scratch_bytes`` bytes owned by that one call for the
+  program's lifetime (Huffman tables decoded once, ``bf_*_sparse_hboot_s8``).  It is not placed
+  in the arena (whose bytes other ops reuse) but in the persistent area ``bf_persist`` (section
+  ``.bss.bf_persist``, counted in RAM as ``persistent_bytes``), never cleared by the generated
+  code: the kernel initialises it itself on its first call and checks it on every call (the tag
+  contract of ``bf_sparse.h``), so the decode runs once, at the first invocation;
+* the plan hash is :func:`compressed_plan_hash` (the resolved spec and the packed storage), so
+  a device refuses to be validated against another compression.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from firmware_gen import cdecl
 from firmware_gen.arena import ArenaPlan, plan_arena
 from firmware_gen.lower import (
+    SCRATCH_RULES,
     STATE_OPS,
     ConstArray,
     KernelCall,
@@ -38,6 +59,9 @@ from firmware_gen.render import c_ident
 from targets import isa
 from toolkit.errors import BuildError
 from toolkit.model.ir import DType, Graph, Op, Tensor, VariableOptions
+
+if TYPE_CHECKING:
+    from toolkit.compress.model import CompressedModel
 
 ALIGN = 8  # alignment of the arena, every weight/state array and the params object
 MAX_RANK = 6  # BF_MAX_RANK of firmware_gen/runtime/bf_model_api.h
@@ -143,7 +167,8 @@ class DataArray:
     values: np.ndarray = field(repr=False)
     length: int
     source: str  # what it holds, for the comment: "tensor 3 int8[8, 3, 3, 1]"
-    tensor: int = -1  # the constant tensor it holds (weights), -1 for state
+    tensor: int = -1  # the constant tensor it holds (weights), -1 for state and layer tables
+    op_index: int = -1  # the compressed op whose table it is (-1: a tensor or state)
 
     @property
     def nbytes(self) -> int:
@@ -158,8 +183,9 @@ class DataArray:
 class Pointer:
     """Where a kernel argument (or an entry of a pointer list) points.
 
-    ``kind``: ``arena`` (``&bf_arena[offset]``), ``weight``/``state`` (the array ``symbol``),
-    ``params`` (member ``symbol`` of ``bf_params``) or ``null``.  ``ctype`` is the pointee type
+    ``kind``: ``arena`` (``&bf_arena[offset]``), ``persist`` (``&bf_persist[offset]``: the
+    persistent scratch of one op), ``weight``/``state`` (the array ``symbol``), ``params``
+    (member ``symbol`` of ``bf_params``) or ``null``.  ``ctype`` is the pointee type
     the kernel takes (``void`` for byte movers), ``const`` whether it only reads.
     """
 
@@ -169,6 +195,25 @@ class Pointer:
     offset: int = 0
     symbol: str = ""
     array_ctype: str = ""  # element type of a weight/state array (a cast is needed if it differs)
+
+
+@dataclass(frozen=True)
+class PersistentBuffer:
+    """The persistent scratch of op ``op_index`` (see the module docstring): ``nbytes`` (its
+    call's ``scratch_bytes``) at ``offset`` of ``bf_persist``; slots are 8-byte aligned."""
+
+    op_index: int
+    offset: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class CArrayRef:
+    """An address constant in a params initializer: the weight array ``symbol`` (a compressed
+    layer's table), printed as the symbol itself (cdecl's CRef names ``bf_params`` members)."""
+
+    symbol: str
+    kind = "symbol"
 
 
 @dataclass(frozen=True)
@@ -230,6 +275,8 @@ class ModelProgram:
     variants: tuple[str, ...] = ("ref",)  # kernel variants of the build, preference order
     # op index -> the variant whose code runs it ("ref" where no optimized kernel applies)
     layer_variants: Mapping[int, str] = field(default_factory=dict)
+    persistent: tuple[PersistentBuffer, ...] = ()  # persistent scratch, in op order
+    compressed_ops: tuple[int, ...] = ()  # ops that run a compressed layer's call
 
     @property
     def num_layers(self) -> int:
@@ -243,6 +290,17 @@ class ModelProgram:
     @property
     def state_bytes(self) -> int:
         return sum(s.nbytes for s in self.states)
+
+    @property
+    def persistent_bytes(self) -> int:
+        """Bytes of ``bf_persist`` (0: the model has no persistent scratch)."""
+        return sum(round_up(b.nbytes) for b in self.persistent)
+
+    def layer_weights_bytes(self, op_index: int) -> int:
+        """Flash bytes of one op's constants: its tables and the constant tensors it reads (a
+        compressed layer's ``Option.flash_bytes``)."""
+        tensors = set(self.calls[op_index].input_tensors) if op_index in self.calls else set()
+        return sum(w.nbytes for w in self.weights if w.op_index == op_index or w.tensor in tensors)
 
     @property
     def arena_bytes(self) -> int:
@@ -286,13 +344,19 @@ def _params_layout(members: Sequence[ParamsMember], model: cdecl.DataModel) -> t
 # Building the program.
 
 
-def lower_graph(graph: Graph, variants: Sequence[str] = ("ref",)) -> dict[int, KernelCall]:
+def lower_graph(graph: Graph, variants: Sequence[str] = ("ref",),
+                compressed: CompressedModel | None = None) -> dict[int, KernelCall]:
     """KernelCall of every op except the state copies.  ``variants`` (preference order, see
     targets/isa.py): each call is lowered for the variant whose source of its family the project
-    compiles, so its scratch is that variant's."""
+    compiles, so its scratch is that variant's.  The ops of ``compressed`` run their compressed
+    layers' calls (:func:`compressed_calls`)."""
+    layers = compressed_calls(graph, compressed) if compressed is not None else {}
     calls = {}
     for op in graph.ops:
         if op.opcode in STATE_OPS:
+            continue
+        if op.index in layers:
+            calls[op.index] = _for_variant(layers[op.index], variants)
             continue
         call = lower_op(graph, op)
         variant = isa.family_variant(variants, call.family)
@@ -300,31 +364,94 @@ def lower_graph(graph: Graph, variants: Sequence[str] = ("ref",)) -> dict[int, K
     return calls
 
 
-def default_arena(graph: Graph, calls: Mapping[int, KernelCall], strategy: str = "greedy") -> ArenaPlan:
-    scratch = {i: c.scratch_bytes for i, c in calls.items() if c.scratch_bytes > 0}
+def _for_variant(call: KernelCall, variants: Sequence[str]) -> KernelCall:
+    """A compressed layer's call with the scratch of the variant that compiles its family (the
+    layer computed it for ``ref``; e.g. the dense int8 kernels of ``armv7em`` need more)."""
+    rule = SCRATCH_RULES.get(isa.family_variant(variants, call.family), {}).get(call.symbol)
+    return call if rule is None else replace(call, scratch_bytes=int(rule(call)))
+
+
+def compressed_calls(graph: Graph, compressed: CompressedModel) -> dict[int, KernelCall]:
+    """op index -> the call of its compressed layer, checked against ``graph``: the model must be
+    a compression of this very graph, each call must read and write its op's activations, and a
+    persistent scratch must be the call's whole scratch."""
+    if compressed.graph is not graph and compressed.graph.content_hash() != graph.content_hash():
+        raise BuildError(f"the compressed model was made from another graph than {graph.name!r}")
+    out: dict[int, KernelCall] = {}
+    for i, layer in sorted(compressed.layers.items()):
+        if not 0 <= i < len(graph.ops):
+            raise BuildError(f"compressed layer for op {i}: {graph.name!r} has {len(graph.ops)} ops")
+        op, call = graph.ops[i], layer.call
+        reads = [t for t in call.input_tensors if not graph.tensors[t].is_constant]
+        if call.op_index != i or reads != [op.inputs[0]] or list(call.output_tensors) != list(op.outputs):
+            raise BuildError(f"{op.label}: its compressed call {call.symbol} does not read and write "
+                             "the op's activations")
+        persistent = layer.option.persistent_ram_bytes
+        if persistent and (persistent != call.scratch_bytes or not call.takes_scratch):
+            raise BuildError(f"{op.label}: {persistent} persistent bytes but {call.symbol} has "
+                             f"{call.scratch_bytes} bytes of scratch; a persistent scratch is all of it")
+        out[i] = call
+    return out
+
+
+def persistent_ops(compressed: CompressedModel | None) -> frozenset[int]:
+    """Ops whose scratch is persistent (``Option.persistent_ram_bytes`` > 0)."""
+    if compressed is None:
+        return frozenset()
+    return frozenset(i for i, layer in compressed.layers.items() if layer.option.persistent_ram_bytes > 0)
+
+
+def compressed_plan_hash(compressed: CompressedModel) -> str:
+    """bf_plan_hash of a compressed model (hex sha256): of the resolved spec — every compressible
+    op's method and parameters, as canonical JSON in op order — and of each layer's kernel and
+    parameters, packed storage included.  Another spec, or the same spec calibrated on other
+    data, gives another hash; the same compression always the same one."""
+    h = hashlib.sha256(b"boardfit compression plan 1\n")
+    for i, setting in sorted(compressed.settings.items()):
+        doc = {"op": i, "method": setting.method, "params": dict(setting.params)}
+        h.update(json.dumps(doc, sort_keys=True).encode() + b"\n")
+        layer = compressed.layers.get(i)
+        if layer is not None:
+            h.update(hashlib.sha256(repr((layer.call.symbol, layer.call.params)).encode()).digest())
+    return h.hexdigest()
+
+
+def default_arena(graph: Graph, calls: Mapping[int, KernelCall], strategy: str = "greedy",
+                  persistent: frozenset[int] = frozenset()) -> ArenaPlan:
+    """The arena over the calls' scratch (except the ``persistent`` ops': theirs lives in
+    ``bf_persist``) and in-place needs."""
+    scratch = {i: c.scratch_bytes for i, c in calls.items() if c.scratch_bytes > 0 and i not in persistent}
     in_place = {i: c.in_place for i, c in calls.items() if c.in_place}
     return plan_arena(graph, scratch=scratch, in_place=in_place, strategy=strategy, alignment=ALIGN)
 
 
 def build_program(
     graph: Graph, *, arena: ArenaPlan | None = None, strategy: str = "greedy", plan_hash: str | None = None,
-    variants: Sequence[str] = ("ref",),
+    variants: Sequence[str] = ("ref",), compressed: CompressedModel | None = None,
 ) -> ModelProgram:
     """Lower, plan and lay out ``graph``; raises UnsupportedOp / BuildError with the op named.
 
-    ``plan_hash`` (64 hex digits) identifies the compression plan the graph was made with; the
-    device reports it next to the model hash (32 zero bytes when None)."""
+    ``compressed``: a compression of ``graph`` whose layers replace their ops (see the module
+    docstring).  ``plan_hash`` (64 hex digits) identifies the compression plan the graph was
+    made with; the device reports it next to the model hash (default:
+    :func:`compressed_plan_hash` of ``compressed``, else 32 zero bytes)."""
     if not graph.ops:
         raise BuildError(f"model {graph.name!r} has no operators")
-    calls = lower_graph(graph, variants)
+    calls = lower_graph(graph, variants, compressed)
     if not calls:
         raise BuildError(f"model {graph.name!r} only copies state; there is nothing to compute")
-    plan = arena if arena is not None else default_arena(graph, calls, strategy)
+    persistent_set = persistent_ops(compressed)
+    plan = arena if arena is not None else default_arena(graph, calls, strategy, persistent_set)
     _check_arena_covers(graph, plan)
+    persistent = _persistent_buffers(calls, persistent_set)
     weights = _weight_arrays(graph, calls)
     states, inits = _state_arrays(graph)
-    builder = _ProgramBuilder(graph, plan, {w.tensor: w for w in weights}, states)
+    layer_ops = frozenset(compressed.layers) if compressed is not None else frozenset()
+    builder = _ProgramBuilder(graph, plan, {w.tensor: w for w in weights}, states,
+                              {b.op_index: b for b in persistent}, layer_ops)
     steps = tuple(builder.step(op, calls.get(op.index)) for op in graph.ops)
+    if plan_hash is None and compressed is not None:
+        plan_hash = compressed_plan_hash(compressed)
     if any(s.op_index != k for k, s in enumerate(steps)):
         raise BuildError(f"model {graph.name!r}: op indices are not their positions; layer hooks need them")
     return ModelProgram(
@@ -333,20 +460,30 @@ def build_program(
         model_hash=graph.content_hash(),
         calls=calls,
         arena=plan,
-        weights=weights,
         states=states,
         state_inits=inits,
         members=tuple(builder.members),
         steps=steps,
         inputs=tuple(_io_spec(graph, plan, k, t) for k, t in enumerate(graph.inputs)),
         outputs=tuple(_io_spec(graph, plan, k, t) for k, t in enumerate(graph.outputs)),
+        weights=(*weights, *builder.tables),
         kernel_families=tuple(sorted({c.family for c in calls.values()})),
         symbols=tuple(sorted({c.symbol for c in calls.values()})),
         debug=_debug_plan(graph, plan),
         plan_hash=_check_hash(plan_hash if plan_hash is not None else NO_PLAN_HASH, "plan hash"),
         variants=tuple(variants),
         layer_variants={i: isa.layer_variant(variants, c) for i, c in calls.items()},
+        persistent=persistent,
+        compressed_ops=tuple(sorted(layer_ops)),
     )
+
+
+def _persistent_buffers(calls: Mapping[int, KernelCall], ops: frozenset[int]) -> tuple[PersistentBuffer, ...]:
+    out, cursor = [], 0
+    for i in sorted(ops):
+        out.append(PersistentBuffer(i, cursor, calls[i].scratch_bytes))
+        cursor += round_up(calls[i].scratch_bytes)
+    return tuple(out)
 
 
 def _check_hash(value: str, what: str) -> str:
@@ -444,13 +581,17 @@ class _ProgramBuilder:
     """Turns KernelCalls into steps and collects the params members (in op order)."""
 
     def __init__(
-        self, graph: Graph, plan: ArenaPlan, weights: Mapping[int, DataArray], states: Sequence[DataArray]
+        self, graph: Graph, plan: ArenaPlan, weights: Mapping[int, DataArray], states: Sequence[DataArray],
+        persistent: Mapping[int, PersistentBuffer] | None = None, layer_ops: frozenset[int] = frozenset(),
     ) -> None:
         self.graph = graph
         self.plan = plan
         self.weight_by_tensor = weights
         self.states = states
+        self.persistent = persistent or {}
+        self.layer_ops = layer_ops  # compressed ops: their constant tables go to flash arrays
         self.members: list[ParamsMember] = []
+        self.tables: list[DataArray] = []  # compressed layers' tables, in op order
 
     def step(self, op: Op, call: KernelCall | None) -> Step:
         label = op.name or (self.graph.tensors[op.outputs[0]].name if op.outputs else "")
@@ -463,7 +604,10 @@ class _ProgramBuilder:
                 f"{op.label}: {call.symbol} takes {len(proto.args)} arguments, the lowering gives {expected}"
             )
         params_name = f"op{op.index}"
-        self._params(call, params_name, proto)
+        if op.index in self.layer_ops:
+            self._layer_params(op, call, params_name, proto)
+        else:
+            self._params(call, params_name, proto)
         args = [self._arg(op, call, a, k) for k, a in enumerate(call.args)]
         if call.takes_scratch:
             args.append(self._scratch(op, call))
@@ -483,6 +627,30 @@ class _ProgramBuilder:
 
         value = cdecl.typed_value(struct_type, _plain(call.params), name, sink)
         self.members.extend(tables)
+        self.members.append(ParamsMember(name, "struct", call.params_type, value))
+
+    def _layer_params(self, op: Op, call: KernelCall, name: str, proto: cdecl.Prototype) -> None:
+        """A compressed layer's params: every constant table is a weight array of its own
+        (``bf_c<op>_<field path>``, 8-byte aligned and padded, as array_flash_bytes counts it);
+        an empty table is a NULL pointer (0 bytes)."""
+        struct_type = proto.args[0].item
+        if struct_type.cname != cdecl.ctype(call.params_type).cname:
+            raise BuildError(f"{call.symbol}: params type {call.params_type} does not match its prototype")
+        arrays: dict[str, DataArray] = {}
+
+        def sink(path: str, values: np.ndarray) -> str:
+            field_path = path.split(".", 1)[1]
+            symbol = f"bf_c{op.index}_{c_ident(field_path.replace('.', '_'))}"
+            flat = np.ascontiguousarray(values).reshape(-1)
+            length = max(1, round_up(flat.nbytes) // max(1, flat.dtype.itemsize))
+            source = f"op {op.index} {call.symbol} {field_path} {_numpy_ctype(flat.dtype)}[{flat.size}]"
+            arrays[symbol] = DataArray(symbol, f"{op.label} {field_path}", _numpy_ctype(flat.dtype), flat,
+                                       length, source, -1, op.index)
+            return symbol
+
+        value = cdecl.typed_value(struct_type, _plain(call.params), name, sink)
+        value = _weight_refs(value, arrays)
+        self.tables.extend(a for a in arrays.values() if a.values.size)
         self.members.append(ParamsMember(name, "struct", call.params_type, value))
 
     def _tensor_pointer(self, op: Op, tensor: int, ctype: str, output: bool) -> Pointer:
@@ -507,6 +675,8 @@ class _ProgramBuilder:
     def _scratch(self, op: Op, call: KernelCall) -> Pointer:
         if call.scratch_bytes <= 0:
             return Pointer("null", "void", False)
+        if op.index in self.persistent:
+            return Pointer("persist", "void", False, offset=self.persistent[op.index].offset)
         return Pointer("arena", "void", False, offset=self.plan.scratch_offset(op.index))
 
     def _copy_step(self, op: Op, label: str) -> Step:
@@ -525,6 +695,15 @@ class _ProgramBuilder:
         if t.nbytes != var.nbytes:
             raise BuildError(f"{op.label}: tensor {t.name!r} has {t.nbytes} bytes, variable {var.nbytes}")
         return Step(op.index, op.opcode, label, "copy", args=args, copy_bytes=t.nbytes)
+
+
+def _weight_refs(value: Any, arrays: Mapping[str, DataArray]) -> Any:
+    """``value`` with each CRef to one of ``arrays`` made a CArrayRef (NULL when it is empty)."""
+    if isinstance(value, cdecl.CRef) and value.member is not None and value.member in arrays:
+        return CArrayRef(value.member) if arrays[value.member].values.size else cdecl.CRef(None)
+    if isinstance(value, cdecl.CStruct):
+        return cdecl.CStruct(tuple((k, _weight_refs(v, arrays)) for k, v in value.fields))
+    return value
 
 
 def _numpy_ctype(dtype: np.dtype) -> str:

@@ -40,6 +40,7 @@ from toolkit.model.ir import Graph
 
 if TYPE_CHECKING:
     from toolkit.boards import Board
+    from toolkit.compress.model import CompressedModel
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ DEFAULT_VARIANTS: tuple[str, ...] = ("ref",)
 KERNELS = "kernels"
 RUNTIME = "runtime"
 MODEL_API_HEADER = "bf_model_api.h"
+# Kernel families whose source calls library functions of other families (kernels/<variant>/
+# <family>.c -> the families it needs compiled with it).  tests/test_compressed_build.py checks
+# that every family links with exactly these.
+FAMILY_DEPENDENCIES: Mapping[str, tuple[str, ...]] = {"sparse": ("huffman",)}
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,18 @@ def _kernel_files(families: Sequence[str], variants: Sequence[str],
     return dict(sorted(files.items()))
 
 
+def with_dependencies(families: Iterable[str]) -> tuple[str, ...]:
+    """``families`` and every family they need (:data:`FAMILY_DEPENDENCIES`), sorted."""
+    out: set[str] = set()
+    todo = list(families)
+    while todo:
+        family = todo.pop()
+        if family not in out:
+            out.add(family)
+            todo.extend(FAMILY_DEPENDENCIES.get(family, ()))
+    return tuple(sorted(out))
+
+
 def _library_sources(files: Mapping[str, bytes]) -> tuple[str, ...]:
     """model.c first, then the kernel sources in path order (not those only included)."""
     skip = _included_only(dict(files))
@@ -190,7 +207,8 @@ def render_project(program: ModelProgram, variants: Sequence[str] | None = None,
                    target: isa.IsaTarget | None = None) -> dict[str, bytes]:
     """Every file of the project as relative path -> bytes (nothing is written).  ``variants``
     default to the ones the program was lowered for."""
-    files = _kernel_files(program.kernel_families, program.variants if variants is None else variants,
+    files = _kernel_files(with_dependencies(program.kernel_families),
+                          program.variants if variants is None else variants,
                           target)
     files[MODEL_API_HEADER] = runtime_file(MODEL_API_HEADER)
     sources = _library_sources(files)
@@ -241,6 +259,7 @@ def generate_project(
     strategy: str = "greedy",
     predict_sizes: bool = True,
     plan_hash: str | None = None,
+    compressed: CompressedModel | None = None,
 ) -> GeneratedProject:
     """Lower, plan, render and write the C project for ``graph`` into ``out_dir``.
 
@@ -252,10 +271,14 @@ def generate_project(
     (cached) to measure kernel code; weights, parameters, arena and state are exact without it.
     Files are written only when their bytes change, so an unchanged model keeps its build.
     ``plan_hash`` (hex sha256 of the compression plan) is what the device reports as its plan.
+    ``compressed`` (a compression of ``graph``, :mod:`toolkit.compress.model`): its layers run in
+    place of their ops, with their tables in flash, persistent scratch in ``bf_persist`` and, by
+    default, :func:`~firmware_gen.program.compressed_plan_hash` as the plan hash.
     """
     if variants is None:
         variants = isa.board_variants(board)
-    program = build_program(graph, arena=plan, strategy=strategy, plan_hash=plan_hash, variants=variants)
+    program = build_program(graph, arena=plan, strategy=strategy, plan_hash=plan_hash, variants=variants,
+                            compressed=compressed)
     files = render_project(program, variants, isa.target_of(board))
     out = Path(out_dir)
     for rel, data in files.items():

@@ -11,10 +11,12 @@ Predicted (before the model is compiled):
   kernel source for the target (cached) and following relocations from the called symbols as
   ``--gc-sections`` does, plus an estimate of model.c's own code per ISA;
 * ``arena_bytes`` / ``state_bytes`` — the arena plan and the state arrays, exact;
-* ``flash_bytes = weights + params + code``, ``ram_bytes = arena + state``.
+* ``persistent_bytes`` — the persistent scratch of compressed layers (``bf_persist``), exact;
+* ``flash_bytes = weights + params + code``, ``ram_bytes = arena + state + persistent``.
 
 Measured: from a linked Cortex-M image (``size -A``: the linker script gathers the model's
-sections into ``.bf_weights``, ``.bf_params``, ``.bf_code``, ``.bf_arena``, ``.bf_state``), or
+sections into ``.bf_weights``, ``.bf_params``, ``.bf_code``, ``.bf_arena``, ``.bf_state``,
+``.bf_persist``), or
 otherwise from the compiled objects themselves (section sizes of model.o and the reachable
 kernel sections).  Neither counts C library or compiler runtime code (memcpy, expf, soft-float
 helpers); :attr:`CodeEstimate.external` names what the kernels need from there.
@@ -46,6 +48,7 @@ IMAGE_SECTIONS = {
     "code_bytes": (".bf_code",),
     "arena_bytes": (".bf_arena",),
     "state_bytes": (".bf_state", ".bf_state_bss"),
+    "persistent_bytes": (".bf_persist",),
 }
 
 # model.c's own machine code per ISA family: bytes = fixed + per_arg × kernel arguments (params
@@ -69,6 +72,7 @@ class Sizes:
     code_bytes: int
     arena_bytes: int
     state_bytes: int
+    persistent_bytes: int = 0
 
     @property
     def flash_bytes(self) -> int:
@@ -76,7 +80,7 @@ class Sizes:
 
     @property
     def ram_bytes(self) -> int:
-        return self.arena_bytes + self.state_bytes
+        return self.arena_bytes + self.state_bytes + self.persistent_bytes
 
     def to_json(self) -> dict[str, int]:
         return {
@@ -86,6 +90,7 @@ class Sizes:
             "flash_bytes": self.flash_bytes,
             "arena_bytes": self.arena_bytes,
             "state_bytes": self.state_bytes,
+            "persistent_bytes": self.persistent_bytes,
             "ram_bytes": self.ram_bytes,
         }
 
@@ -211,6 +216,7 @@ def predict(
         code_bytes=code.total,
         arena_bytes=program.arena_bytes,
         state_bytes=program.state_bytes,
+        persistent_bytes=program.persistent_bytes,
     )
     return sizes, code
 
@@ -242,7 +248,8 @@ def measure_image(tc: Toolchain, elf: Path) -> Sizes:
 def measure_objects(model_object: Path, kernel_objects: Sequence[Path], symbols: Iterable[str]) -> Sizes:
     """Sizes of the model from its compiled objects (any toolchain, no link needed).
 
-    Weights, params, arena and state are the sizes of the sections that hold them in model.o;
+    Weights, params, arena, state and persistent scratch are the sizes of the sections that hold
+    them in model.o;
     code is model.o's code plus the kernel sections reachable from ``symbols``.
     """
     model = ObjectFile(model_object)
@@ -255,7 +262,7 @@ def measure_objects(model_object: Path, kernel_objects: Sequence[Path], symbols:
 
     named = {s.name: s.size for s in model.sections}
     state = named.get(".bss.bf_state", 0) + named.get(".data.bf_state", 0)
-    data_sections = {".rodata.bf_weights", ".bss.bf_state", ".data.bf_state"}
+    data_sections = {".rodata.bf_weights", ".bss.bf_state", ".data.bf_state", ".bss.bf_persist"}
     data_sections |= {secs[by_name[n]].name for n in ("bf_params", "bf_arena") if n in by_name}
     model_code = sum(s.size for s in model.sections if s.allocated and s.name not in data_sections
                      and not s.name.startswith((".eh_frame", ".note", ".comment")))
@@ -272,6 +279,7 @@ def measure_objects(model_object: Path, kernel_objects: Sequence[Path], symbols:
         code_bytes=model_code + kernels,
         arena_bytes=sec_of("bf_arena"),
         state_bytes=state,
+        persistent_bytes=named.get(".bss.bf_persist", 0),
     )
 
 
