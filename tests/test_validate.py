@@ -242,11 +242,10 @@ def test_dry_run_on_a_real_board_flashes_then_uses_the_port(tmp_path: Path,
     assert not out.exists()
 
 
-def test_spec_is_refused_with_a_clear_message(tmp_path: Path) -> None:
-    spec = tmp_path / "spec.toml"
-    spec.write_text("[default]\nmethod = \"int8\"\n")
-    with pytest.raises(BoardfitError, match="compressed model is not available yet"):
-        v.validate(opts("digits_mlp_int8", "host", tmp_path, spec=spec))
+def test_calibration_data_without_a_spec_is_refused(tmp_path: Path) -> None:
+    # (validating with --spec is tested in tests/test_compressed_build.py)
+    with pytest.raises(BoardfitError, match="--calib is calibration data for a --spec"):
+        v.validate(opts("digits_mlp_int8", "host", tmp_path, calib="digits:calib"))
 
 
 # ---------------------------------------------------------------------------------------------

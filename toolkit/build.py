@@ -6,6 +6,8 @@
 * :func:`build_host_executable` links the generated test driver (``bf_host_main.c``);
   :func:`run_host_executable` feeds it input files in a subprocess.  This is how sanitizer builds
   run: an ASan/UBSan program needs no ``LD_PRELOAD`` trick, and a report aborts only the child.
+* :func:`compress_for_build` makes the compressed model ``boardfit build/validate --spec``
+  build, the way ``boardfit compress`` makes it (same data split, same calibration).
 
 Outputs are content-addressed (``build/<kind>-<hash>``): a file name names exactly one build, so
 a library that is loaded once is never silently reused after the sources changed.
@@ -47,6 +49,9 @@ from toolkit.errors import BuildError, DoesNotFit
 
 if TYPE_CHECKING:
     from toolkit.boards import Board
+    from toolkit.compress.model import CompressedModel
+    from toolkit.compress.spec import CompressionSpec
+    from toolkit.datasets import Dataset
     from toolkit.model.ir import Graph
 
 log = logging.getLogger(__name__)
@@ -228,10 +233,22 @@ class BoardBuild:
     toolchain: Toolchain
     report: SizeReport
     artifact: Path  # shared library (host), ELF image (Cortex-M) or executable / archive
+    program: ModelProgram | None = None
 
     def to_json(self) -> dict[str, Any]:
-        doc = {"artifact": str(self.artifact), "toolchain": self.toolchain.describe()}
+        doc: dict[str, Any] = {"artifact": str(self.artifact), "toolchain": self.toolchain.describe()}
+        if self.program is not None:
+            doc["plan_hash"] = self.program.plan_hash
+            doc["compressed_layers"] = compressed_layers_json(self.program)
         return {**doc, **self.report.to_json()}
+
+
+def compressed_layers_json(program: ModelProgram) -> list[dict[str, Any]]:
+    """Per compressed op: its kernel, exact weight bytes and persistent scratch bytes."""
+    persistent = {b.op_index: b.nbytes for b in program.persistent}
+    return [{"op_index": i, "kernel": program.calls[i].symbol,
+             "weights_bytes": program.layer_weights_bytes(i), "persistent_bytes": persistent.get(i, 0)}
+            for i in program.compressed_ops]
 
 
 def _kernel_paths(project: GeneratedProject) -> tuple[list[Path], list[Path]]:
@@ -294,7 +311,7 @@ def build_for_board(project: GeneratedProject, board: Board | None = None) -> Bo
     if board is not None and supports_image(board):
         elf = build_image(project, board, toolchain=tc)
         report = SizeReport(target, predicted, code, measure_image(tc, elf), "image")
-        return BoardBuild(target, tc, report, elf)
+        return BoardBuild(target, tc, report, elf, project.program)
     objects = _objects(project, tc, project.sources, ())
     measured = measure_objects(objects[0], objects[1:], project.program.symbols)
     if tc.kind == HOST:
@@ -303,7 +320,8 @@ def build_for_board(project: GeneratedProject, board: Board | None = None) -> Bo
         artifact = build_host_executable(project, toolchain=tc)
     else:
         artifact = _archive(tc, objects, project.path(BUILD_DIR) / f"{target}-{_digest(objects, tc, ())}")
-    return BoardBuild(target, tc, SizeReport(target, predicted, code, measured, "objects"), artifact)
+    return BoardBuild(target, tc, SizeReport(target, predicted, code, measured, "objects"), artifact,
+                      project.program)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,6 +393,7 @@ def build_firmware(
     extra_flags: Sequence[str] = (),
     plan_hash: str | None = None,
     strategy: str = "greedy",
+    compressed: CompressedModel | None = None,
 ) -> FirmwareBuild:
     """Generate, compile and link the device program of ``graph`` for ``board`` (None: this
     machine) in ``out_dir``; returns the ELF / executable and the size report.
@@ -388,12 +407,13 @@ def build_firmware(
     ``emulated`` (default: the board's preferred runner is an emulator) selects the emulator
     build; ``defines`` (``NAME`` or ``NAME=VALUE``) and ``extra_flags`` go to every compile,
     ``extra_sources`` are linked in (test hooks).  Objects are cached by content, and the linked
-    program is content-addressed under ``out_dir/build``.
+    program is content-addressed under ``out_dir/build``.  ``compressed`` (a compression of
+    ``graph``) runs its layers in place of their ops (firmware_gen.program).
     """
     tc = toolchain_for(board)
     tc.require()
     project = generate_project(graph, out_dir, board=board, plan_hash=plan_hash, strategy=strategy,
-                               predict_sizes=False)
+                               predict_sizes=False, compressed=compressed)
     kernels, include = _kernel_paths(project)
     predicted, code = predict(project.program, tc, kernels, include)
     if board is not None:
@@ -442,3 +462,26 @@ def _link_firmware(tc: Toolchain, fw: FirmwareSources, inputs: Sequence[Path], o
         what = "firmware RAM (data, bss, arena, minimum stack)" if region == "RAM" else "firmware flash"
         raise DoesNotFit(what, memory.size + over, memory.size, board.id) from exc
     tmp.replace(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compressed models.
+
+
+def compress_for_build(graph: Graph, spec: CompressionSpec, data: str | None = None,
+                       calib: str | None = None) -> tuple[CompressedModel, Dataset | None]:
+    """The compressed model of ``graph`` exactly as ``boardfit compress`` makes it, and the held-out
+    test data.  ``data`` is split into calibration and test halves
+    (:func:`toolkit.compress.pipeline.split_data`, seeded) unless ``calib`` is given (then all of
+    ``data`` is test data); without either, layers are compressed without calibration (no
+    accuracy recovery; a float model cannot be quantized and is refused).  A float model is
+    quantized to int8 on the calibration data first: the compressed model's ``graph`` is then
+    that int8 graph, which is what the device runs."""
+    from toolkit.compress.model import compress_graph
+    from toolkit.compress.pipeline import prepare_graph, split_data
+    from toolkit.datasets import prepare_inputs
+
+    ds = split_data(data, calib)
+    int8_graph, float_graph = prepare_graph(graph, ds.calib)
+    calib_x = None if ds.calib is None else prepare_inputs(np.asarray(ds.calib.x), int8_graph, ds.calib.name)
+    return compress_graph(int8_graph, spec, calib_x, float_graph=float_graph), ds.test

@@ -145,10 +145,26 @@ def build(
         str, typer.Option(help="A board id or board file, or 'host' for this machine.")
     ] = "host",
     strategy: Annotated[str, typer.Option(help="Arena planner: greedy or linear.")] = "greedy",
+    spec: Annotated[
+        Path | None, typer.Option(help="Compression spec (TOML, docs/compression.md) to build with.")
+    ] = None,
+    plan_file: Annotated[
+        Path | None, typer.Option("--plan", help="A plan.json of `boardfit plan`: build its compression "
+                                  "(calibrated on the plan's data unless --data/--calib say otherwise).")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="With --spec/--plan: data split into calibration and test halves (as boardfit "
+                     "compress does) unless --calib is given; the calibration half drives recovery."),
+    ] = None,
+    calib: Annotated[
+        str | None, typer.Option(help="With --spec/--plan: calibration data (all of it).")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Generate the model's C project, compile it for a board and report flash and RAM."""
-    result, graph_hash, files = _guarded(lambda: _run_build(model, out_dir, board, strategy))
+    result, graph_hash, files = _guarded(
+        lambda: _run_build(model, out_dir, board, strategy, spec, plan_file, data, calib))
     if as_json:
         _emit_json(jsonout.build_doc(result, model, out_dir, files, graph_hash))
     else:
@@ -156,17 +172,51 @@ def build(
 
 
 def _run_build(
-    model: Path, out_dir: Path, board_name: str, strategy: str
+    model: Path, out_dir: Path, board_name: str, strategy: str, spec_path: Path | None = None,
+    plan_path: Path | None = None, data: str | None = None, calib: str | None = None,
 ) -> tuple[Any, str, tuple[str, ...]]:
     from firmware_gen.project import generate_project
     from toolkit.boards import board_ids, load_board
-    from toolkit.build import build_for_board
+    from toolkit.build import build_for_board, compress_for_build
     from toolkit.model.tflite import read_tflite
 
     board = None if board_name == "host" and "host" not in board_ids() else load_board(board_name)
     graph = dataclasses.replace(read_tflite(model), name=Path(model).stem)
-    project = generate_project(graph, out_dir, board=board, strategy=strategy)
+    spec, data, calib = _build_spec(model, spec_path, plan_path, data, calib)
+    compressed = None
+    if spec is not None:
+        compressed, _ = compress_for_build(graph, spec, data, calib)
+        graph = compressed.graph
+    project = generate_project(graph, out_dir, board=board, strategy=strategy, compressed=compressed)
     return build_for_board(project, board), project.model_hash, project.files
+
+
+def _build_spec(model: Path, spec_path: Path | None, plan_path: Path | None, data: str | None,
+                calib: str | None) -> tuple[Any, str | None, str | None]:
+    """(spec or None, data, calib) of ``boardfit build``: a plan brings its spec and, unless
+    --data/--calib are given, its own calibration data (the same split the planner used)."""
+    import hashlib
+
+    from toolkit.compress.spec import load_spec
+    from toolkit.errors import CompressionError
+
+    if spec_path is not None and plan_path is not None:
+        raise CompressionError("give --spec or --plan, not both")
+    if (data is not None or calib is not None) and spec_path is None and plan_path is None:
+        raise CompressionError("--data/--calib calibrate a compression: give --spec or --plan too")
+    if spec_path is not None:
+        return load_spec(spec_path), data, calib
+    if plan_path is None:
+        return None, None, None
+    from toolkit.planner.plan import load_plan
+
+    plan = load_plan(plan_path)
+    if plan.model_sha256 and plan.model_sha256 != hashlib.sha256(Path(model).read_bytes()).hexdigest():
+        raise CompressionError(f"{plan_path} was planned for {plan.model}, not {model}")
+    if data is None and calib is None:
+        source = plan.calibration.source
+        data, calib = (source, None) if plan.calibration.indices is not None else (None, source)
+    return plan.to_spec(), data, calib
 
 
 @app.command()
@@ -219,7 +269,12 @@ def validate(
                            "diverging layer.")
     ] = False,
     spec: Annotated[
-        Path | None, typer.Option(help="Compression spec (TOML) to apply before building.")
+        Path | None, typer.Option(help="Compression spec (TOML) to apply before building: the device must "
+                                  "match the compressed model's host simulation bit for bit.")
+    ] = None,
+    calib: Annotated[
+        str | None, typer.Option(help="With --spec: calibration data (then all of --data is test data; "
+                                 "default: --data is split into calibration and test halves).")
     ] = None,
     frames: Annotated[
         int | None,
@@ -244,7 +299,7 @@ def validate(
     from toolkit.validate.validate import validate as run_validation
 
     opts = ValidateOptions(model=model, board=board, data=data, samples=samples, port=port,
-                           layerwise=layerwise, spec=spec, dry_run=dry_run, frames=frames,
+                           layerwise=layerwise, spec=spec, calib=calib, dry_run=dry_run, frames=frames,
                            out_dir=out_dir, runner=runner)
     if dry_run:
         plan = _guarded(lambda: plan_validation(opts))

@@ -41,13 +41,14 @@ UNIT_NOTES: Final[dict[str, str]] = {
 @dataclass(frozen=True)
 class SizeFigures:
     """The model's bytes as ``boardfit build`` reports them (weights + params + code = flash,
-    arena + state = RAM)."""
+    arena + state + persistent scratch of compressed layers = RAM)."""
 
     weights_bytes: int
     params_bytes: int
     code_bytes: int
     arena_bytes: int
     state_bytes: int
+    persistent_bytes: int = 0
 
     @property
     def flash_bytes(self) -> int:
@@ -55,14 +56,14 @@ class SizeFigures:
 
     @property
     def ram_bytes(self) -> int:
-        return self.arena_bytes + self.state_bytes
+        return self.arena_bytes + self.state_bytes + self.persistent_bytes
 
     def to_json(self) -> dict[str, int]:
         return {
             "weights_bytes": self.weights_bytes, "params_bytes": self.params_bytes,
             "code_bytes": self.code_bytes, "flash_bytes": self.flash_bytes,
             "arena_bytes": self.arena_bytes, "state_bytes": self.state_bytes,
-            "ram_bytes": self.ram_bytes,
+            "persistent_bytes": self.persistent_bytes, "ram_bytes": self.ram_bytes,
         }
 
 

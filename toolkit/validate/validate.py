@@ -21,6 +21,16 @@ The flow, each step a function below:
 6. run the TFLite interpreter (reference kernels) on the same samples for
    ``reference_accuracy``.
 
+With ``spec`` (a compression spec, docs/compression.md) the device runs the compressed model:
+step 1 compresses the model as ``boardfit compress`` does — ``data`` is split into calibration
+and test halves (:func:`toolkit.compress.pipeline.split_data`) unless ``calib`` is given, a float
+model is first quantized on the calibration half — and streams the test half; the oracle of
+step 5 is the host simulation of the compressed model
+(:meth:`~toolkit.compress.model.CompressedModel.simulate`: every compressed layer's numpy
+forward, bit-identical to its kernel), and the device must report the compression's plan hash
+(:func:`firmware_gen.program.compressed_plan_hash`).  ``reference_accuracy`` stays the TFLite
+interpreter on the original model, so the report shows what the compression cost.
+
 ``dry_run`` does steps 1–2 (pure Python) and records, without running anything, the build and
 every runner command.
 """
@@ -48,8 +58,10 @@ if TYPE_CHECKING:
     from firmware_gen.program import ModelProgram
     from targets.runners import CommandLog, Runner, Session
     from toolkit.boards import Board
+    from toolkit.compress.model import CompressedModel
     from toolkit.datasets import Dataset
     from toolkit.model.ir import Graph
+    from toolkit.oracle import Oracle
     from toolkit.validate.link import DeviceLink
 
 log = logging.getLogger(__name__)
@@ -106,7 +118,8 @@ class ValidateOptions:
     samples: int = 100  # 0 = every sample of data
     port: str | None = None
     layerwise: bool = False
-    spec: Path | None = None
+    spec: Path | None = None  # compression spec (TOML): validate the compressed model
+    calib: str | None = None  # calibration data for --spec (then all of data is test data)
     dry_run: bool = False
     frames: int | None = None  # inferences per sample for stateful models (None: the example's)
     out_dir: Path | None = None  # firmware build directory (None: a cache directory)
@@ -174,11 +187,15 @@ def load_workload(graph: Graph, raw: bytes, data: str, samples: int, frames: int
 
     if len(graph.inputs) != 1:
         raise DataError(f"--data feeds one input; {graph.name} has {len(graph.inputs)}")
+    return workload_of(graph, raw, load_dataset(data, graph), samples, frames)
+
+
+def workload_of(graph: Graph, raw: bytes, ds: Dataset, samples: int, frames: int | None) -> Workload:
+    """The evaluation of ``ds`` (already fitted to ``graph``'s input) on ``graph``."""
     if samples < 0:
         raise DataError(f"--samples must be 0 (all) or more, got {samples}")
     if frames is not None and frames < 1:
         raise DataError(f"--frames must be at least 1, got {frames}")
-    ds: Dataset = load_dataset(data, graph)
     n = len(ds) if samples == 0 else min(samples, len(ds))
     if n == 0:
         raise DataError(f"{ds.name} has no samples")
@@ -207,20 +224,23 @@ def accuracy(preds: Sequence[int], labels: np.ndarray | None) -> float | None:
 # Step 2: size pre-check on the exact program
 
 
-def precheck(graph: Graph, board: Board) -> ModelProgram:
-    """Lower the graph and refuse a model whose exact data bytes exceed the board's budgets.
+def precheck(graph: Graph, board: Board, compressed: CompressedModel | None = None) -> ModelProgram:
+    """Lower the graph (with its ``compressed`` layers) and refuse a model whose exact data bytes
+    exceed the board's budgets.
 
     Weights, the parameter block (at 4-byte pointers, the smallest data model: a lower bound),
-    the arena and the state are exact before anything is compiled; code is only known after a
-    build, so this check can pass a model that then fails at link time (and is refused there)."""
+    the arena, the state and the persistent scratch are exact before anything is compiled; code
+    is only known after a build, so this check can pass a model that then fails at link time
+    (and is refused there)."""
     from firmware_gen import cdecl
     from firmware_gen.program import build_program
 
-    program = build_program(graph)
+    program = build_program(graph, compressed=compressed)
     if board.kind == "host":
         return program
     params = program.params_bytes(cdecl.ILP32)
-    board.check_fit(program.weights_bytes + params, program.arena_bytes + program.state_bytes)
+    board.check_fit(program.weights_bytes + params,
+                    program.arena_bytes + program.state_bytes + program.persistent_bytes)
     return program
 
 
@@ -240,10 +260,11 @@ class DeviceProgram:
     debug: bool
 
 
-def default_out_dir(graph: Graph, board: Board, debug: bool) -> Path:
+def default_out_dir(graph: Graph, board: Board, debug: bool, plan_hash: str = ZERO_HASH) -> Path:
     from targets.toolchains import cache_dir
 
-    tag = f"{graph.name}-{board.id}-{graph.content_hash()[:12]}{'-debug' if debug else ''}"
+    plan = "" if plan_hash == ZERO_HASH else f"-plan{plan_hash[:12]}"
+    tag = f"{graph.name}-{board.id}-{graph.content_hash()[:12]}{plan}{'-debug' if debug else ''}"
     return cache_dir() / "validate" / tag
 
 
@@ -251,21 +272,22 @@ def _figures(sizes: Any) -> rep.SizeFigures | None:
     if sizes is None:
         return None
     return rep.SizeFigures(sizes.weights_bytes, sizes.params_bytes, sizes.code_bytes,
-                           sizes.arena_bytes, sizes.state_bytes)
+                           sizes.arena_bytes, sizes.state_bytes, sizes.persistent_bytes)
 
 
 def build_device_program(graph: Graph, board: Board, out_dir: Path, *, debug: bool,
-                         profile_layers: bool, emulated: bool | None = None) -> DeviceProgram:
-    """Generate, compile and link the device program of ``graph`` for ``board``
-    (:func:`toolkit.build.build_firmware`: it refuses a model over the board's budgets before
-    compiling and an oversized image after linking).  ``emulated`` selects the emulator build of
-    a bare-metal board (semihosting exit, instruction counter) or the real one (None: what the
-    board's preferred runner needs)."""
+                         profile_layers: bool, emulated: bool | None = None,
+                         compressed: CompressedModel | None = None) -> DeviceProgram:
+    """Generate, compile and link the device program of ``graph`` (with its ``compressed``
+    layers) for ``board`` (:func:`toolkit.build.build_firmware`: it refuses a model over the
+    board's budgets before compiling and an oversized image after linking).  ``emulated`` selects
+    the emulator build of a bare-metal board (semihosting exit, instruction counter) or the real
+    one (None: what the board's preferred runner needs)."""
     from toolkit.build import build_firmware
 
     host = board.kind == "host"
     fw = build_firmware(graph, None if host else board, out_dir, debug=debug, profile_layers=profile_layers,
-                        emulated=emulated if board.kind == "mcu" else None)
+                        emulated=emulated if board.kind == "mcu" else None, compressed=compressed)
     report = fw.report
     footprint = rep.Footprint(
         predicted=_figures(report.predicted) or rep.SizeFigures(0, 0, 0, 0, 0),
@@ -425,12 +447,15 @@ class DeviceResults:
     layerwise: rep.Layerwise | None
 
 
-def stream(link: DeviceLink, graph: Graph, work: Workload, layerwise: bool) -> DeviceResults:
-    """Run every sample on the device and on the oracle (TFLM arithmetic), in the same order and
-    with the same resets, and compare."""
+def stream(link: DeviceLink, graph: Graph, work: Workload, layerwise: bool,
+           oracle: Oracle | None = None) -> DeviceResults:
+    """Run every sample on the device and on the oracle (TFLM arithmetic; default: the graph's,
+    a compressed model passes its host simulation), in the same order and with the same resets,
+    and compare."""
     from toolkit.oracle import Oracle
 
-    oracle = Oracle(graph)
+    if oracle is None:
+        oracle = Oracle(graph)
     info = link.info()
     agree = _Agreement()
     lw = _Layerwise(graph) if layerwise else None
@@ -537,12 +562,54 @@ def read_model(path: Path) -> tuple[Graph, bytes]:
     return graph, raw
 
 
-def _reject_spec(spec: Path | None) -> None:
-    if spec is not None:
-        raise BoardfitError(
-            f"--spec {spec}: validating a compressed model is not available yet: the code generator "
-            "does not take compressed layers (run `boardfit compress` to simulate a spec on the host)"
-        )
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """Step 1 done: what the device runs and on which samples.
+
+    ``graph`` is the graph the device runs (with ``spec`` on a float model: its int8
+    quantization); ``compressed`` its compressed layers (None without ``spec``); ``reference``
+    the same samples prepared for the TFLite interpreter on the original model."""
+
+    graph: Graph
+    raw: bytes
+    board: Board
+    work: Workload
+    reference: Workload
+    compressed: CompressedModel | None
+    plan_hash: str  # hex, what the device must report
+
+    def oracle(self) -> Oracle:
+        """What the device must compute: the oracle, or the compressed model's simulation."""
+        from toolkit.oracle import Oracle
+
+        return self.compressed.oracle() if self.compressed is not None else Oracle(self.graph)
+
+
+def prepare(opts: ValidateOptions) -> Prepared:
+    """Step 1 and 2: model, board, data, compression (with ``opts.spec``) and the size pre-check."""
+    graph, raw = read_model(opts.model)
+    board = resolve_board(opts.board)
+    if opts.spec is None:
+        if opts.calib is not None:
+            raise DataError("--calib is calibration data for a --spec; without one nothing is compressed")
+        precheck(graph, board)
+        work = load_workload(graph, raw, opts.data, opts.samples, opts.frames)
+        return Prepared(graph, raw, board, work, work, None, ZERO_HASH)
+    from toolkit.build import compress_for_build
+    from toolkit.compress.spec import load_spec
+
+    cm, test = compress_for_build(graph, load_spec(opts.spec), opts.data, opts.calib)
+    precheck(cm.graph, board, cm)
+    if test is None or len(cm.graph.inputs) != 1:
+        raise DataError(f"--data feeds one input; {graph.name} has {len(graph.inputs)}")
+    from firmware_gen.program import compressed_plan_hash
+    from toolkit.datasets import Dataset, prepare_inputs
+
+    work = workload_of(cm.graph, raw, Dataset(prepare_inputs(np.asarray(test.x), cm.graph, test.name),
+                                              test.y, test.name), opts.samples, opts.frames)
+    ref_x = prepare_inputs(np.asarray(test.x)[: work.samples], graph, test.name)
+    reference = dataclasses.replace(work, inputs=ref_x.reshape((work.samples, *graph.input_tensors[0].shape)))
+    return Prepared(cm.graph, raw, board, work, reference, cm, compressed_plan_hash(cm))
 
 
 def validate(opts: ValidateOptions, *, build: Callable[..., DeviceProgram] = build_device_program,
@@ -550,22 +617,23 @@ def validate(opts: ValidateOptions, *, build: Callable[..., DeviceProgram] = bui
     """Build, start, stream, compare and report (see the module docstring)."""
     if opts.dry_run:
         raise BoardfitError("validate(): use dry_run() for a dry run")
-    _reject_spec(opts.spec)
-    graph, raw = read_model(opts.model)
-    board = resolve_board(opts.board)
-    precheck(graph, board)
-    work = load_workload(graph, raw, opts.data, opts.samples, opts.frames)
-    out_dir = opts.out_dir or default_out_dir(graph, board, opts.layerwise)
+    prep = prepare(opts)
+    graph, board, work = prep.graph, prep.board, prep.work
+    out_dir = opts.out_dir or default_out_dir(graph, board, opts.layerwise, prep.plan_hash)
     runner = make_board_runner(board, opts)
     # A real board reached through a flasher and --port gets the real build, never the
     # emulator's (whose semihosting calls would stop a real core).
+    extra: dict[str, Any] = {} if prep.compressed is None else {"compressed": prep.compressed}
     program = build(graph, board, out_dir, debug=opts.layerwise, profile_layers=opts.profile_layers,
-                    emulated=runner.kind == "qemu-system")
+                    emulated=runner.kind == "qemu-system", **extra)
+    if program.plan_hash != prep.plan_hash:
+        raise BuildError(f"the device program reports plan hash {program.plan_hash}, the compression "
+                         f"is {prep.plan_hash}")
     with device_port(runner, program.artifact, opts.port) as port:
         link = connect(port, program, work.stateful, opts.invoke_timeout)
-        results = stream(link, graph, work, opts.layerwise)
+        results = stream(link, graph, work, opts.layerwise, prep.oracle())
         device = _device_summary(link)
-    ref_preds, backend = reference_predictions(raw, work)
+    ref_preds, backend = reference_predictions(prep.raw, prep.reference)
     labelled = work.labels is not None
     return rep.ValidateReport(
         model=str(opts.model), board=board.id, board_name=board.name, runner=runner.kind,
@@ -596,19 +664,17 @@ def dry_run(opts: ValidateOptions) -> rep.DryRun:
     from targets.elf import ImageSizes
     from targets.runners import CommandLog
 
-    _reject_spec(opts.spec)
-    graph, raw = read_model(opts.model)
-    board = resolve_board(opts.board)
-    precheck(graph, board)
-    work = load_workload(graph, raw, opts.data, opts.samples, opts.frames)
-    out_dir = opts.out_dir or default_out_dir(graph, board, opts.layerwise)
+    prep = prepare(opts)
+    graph, board, work = prep.graph, prep.board, prep.work
+    out_dir = opts.out_dir or default_out_dir(graph, board, opts.layerwise, prep.plan_hash)
     # The program's directory is named by a hash of its compiled objects: unknown before a build.
     name = "firmware.elf" if board.kind == "mcu" else "firmware"
     target = "host" if board.kind == "host" else board.id
     artifact = out_dir / "build" / f"firmware-{target}-<hash>" / name
     kind = "debug firmware" if opts.layerwise else "firmware"
     compiler = "the host compiler" if board.kind == "host" else board.toolchain.cc
-    steps = [f"# build {kind} of {opts.model} for {board.id} with {compiler} into {out_dir}"]
+    what = f"{opts.model} compressed by {opts.spec}" if opts.spec is not None else f"{opts.model}"
+    steps = [f"# build {kind} of {what} for {board.id} with {compiler} into {out_dir}"]
     record = CommandLog(dry_run=True)
     runner = make_board_runner(board, dataclasses.replace(opts, dry_run=True), record)
     # The image does not exist in a dry run; the pre-check above stood in for the fit check.
@@ -629,8 +695,9 @@ def dry_run(opts: ValidateOptions) -> rep.DryRun:
         steps.append(f"# open the serial port {runner.port or '(from --port or the local configuration)'}")
     per = f" x {work.frames} frames, reset before each" if work.frames > 1 else ""
     steps += [
-        f"# connect: sync, refuse unless model hash {graph.content_hash()} and plan hash {ZERO_HASH}",
-        f"# stream {work.samples} samples{per} of {work.source}; compare every output with the oracle"
+        f"# connect: sync, refuse unless model hash {graph.content_hash()} and plan hash {prep.plan_hash}",
+        f"# stream {work.samples} samples{per} of {work.source}; compare every output with "
+        + ("the compressed model's host simulation" if opts.spec is not None else "the oracle")
         + (" and every intermediate tensor" if opts.layerwise else ""),
         "# run the TFLite interpreter (reference kernels) on the same samples",
     ]
