@@ -424,3 +424,29 @@ def test_m4_device_with_another_compression_is_refused(workdir: Path) -> None:
     with pytest.raises(ProtocolError, match="plan"):
         v.validate(opts, build=build_a)
 
+
+
+@needs_gcc
+def test_cli_build_with_a_plan_uses_its_spec_and_calibration(workdir: Path) -> None:
+    """``--plan plan.json`` builds the plan's compression, calibrated on the plan's own split."""
+    import hashlib
+
+    from toolkit.planner.plan import Plan, PlanBudgets, PlannedLayer, PlanTotals, SampleSet, save_plan
+
+    c = compressed(("mlp", "mixed_b"), workdir)
+    path = MODELS / "digits_mlp_int8.tflite"
+    rows = tuple(PlannedLayer(i, "", c.graph.ops[i].opcode, layer.option.setting, layer.option.kernel, "ref",
+                              layer.option.flash_bytes, 0, layer.option.ram_bytes,
+                              layer.option.persistent_ram_bytes, layer.option.macs, 0.0, None, False)
+                 for i, layer in sorted(c.cm.layers.items()))
+    totals = PlanTotals(0, 0, None, None, 0.0, None, None, None, None, None)
+    plan = Plan(str(path), hashlib.sha256(path.read_bytes()).hexdigest(), c.graph.content_hash(), False,
+                "host", "gcc", PlanBudgets(None, None), rows, totals, SampleSet(DATA, 1, (0,)), None)
+    save_plan(plan, workdir / "plan.json")
+    res = CliRunner().invoke(app, ["build", str(path), "--plan", str(workdir / "plan.json"),
+                                   "--board", "host", "-o", str(workdir / "cli-plan"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["plan_hash"] == compressed_plan_hash(c.cm)
+    other = CliRunner().invoke(app, ["build", str(MODELS / "digits_cnn_int8.tflite"), "--plan",
+                                     str(workdir / "plan.json"), "-o", str(workdir / "cli-plan-cnn")])
+    assert other.exit_code == 2 and "was planned for" in other.output
