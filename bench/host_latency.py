@@ -416,7 +416,7 @@ def table(rows: Sequence[Result]) -> Table:
     cols = ["model", "MACs", "boardfit (ref C)"]
     cols += ["boardfit-opt"] if has_opt else []
     cols += ["boardfit via cffi", "TFLite (opt kernels)", "TFLM (ref kernels)", "TFLite / boardfit",
-             "TFLM / boardfit", "TFLM / cffi", "max|Δ| vs TFLM"]
+             "TFLM / boardfit", "TFLM / cffi", "max abs Δ vs TFLM"]
     cols += ["TFLite / opt", "TFLM / opt"] if has_opt else []
     for c in cols:
         t.add_column(c, justify="left" if c == "model" else "right", no_wrap=True)
