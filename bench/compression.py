@@ -141,8 +141,12 @@ def bench(model: Path, data: str, calib: str | None, float_path: str | None,
         usable = [lay for lay in layers if method.applicable(lay)]
         if not usable:
             continue
-        for setting in method.settings(usable[0]):
-            rows.append(_row(graph, method, setting, usable, calib_x, test_x, labels, float_graph,
+        # Each setting goes to the layers whose own grid offers it: the layers the method suits
+        # (binarization skips a 1-channel first conv; ranks differ per layer).
+        offered = {lay.op.index: method.settings(lay) for lay in usable}
+        for setting in dict.fromkeys(s for grid in offered.values() for s in grid):
+            suited = [lay for lay in usable if setting in offered[lay.op.index]]
+            rows.append(_row(graph, method, setting, suited, calib_x, test_x, labels, float_graph,
                              float_acc, fbytes, ibytes))
     meta = {"model": str(model), "data": data, "calibration": ds.calib.name, "test": ds.test.name,
             "test_samples": len(ds.test), "float32_weight_bytes": fbytes, "int8_weight_bytes": ibytes,
