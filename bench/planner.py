@@ -60,7 +60,7 @@ DIGITS = ("digits_mlp_int8", "digits_mlp_float", "digits_cnn_int8")
 SYNTHETIC = {  # model -> (input shape, distribution, samples)
     "kws_dscnn_int8": ((49, 10, 1), "normal", 32),
     "ic_resnet8_int8": ((32, 32, 3), "uniform", 32),
-    "ad_autoencoder_int8": ((640,), "normal", 64),
+    "ad_autoencoder_int8": ((640,), "normal", 256),
 }
 MODELS = (*DIGITS, *SYNTHETIC)
 BOARDS = ("microbit", "mps2-an386")

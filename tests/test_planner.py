@@ -39,7 +39,7 @@ from toolkit.planner.plan import (
     save_plan,
     spec_path,
 )
-from toolkit.planner.sensitivity import SensitivityCache, measure_sensitivity
+from toolkit.planner.sensitivity import SensitivityCache, measure_sensitivity, split_fit_score
 from toolkit.planner.solve import BudgetError, Budgets, Item, Problem, evaluate, fits, infeasible, solve
 
 ROOT = Path(__file__).parent.parent
@@ -252,14 +252,17 @@ def test_sensitivity_measures_the_model_output(cnn_graph, calib) -> None:  # typ
         assert int8.accuracy == sens.base_accuracy
         two = layer.candidate(Setting.of("quant", bits=2, gptq=True)).measurement
         assert two.loss > layer.candidate(Setting.of("quant", bits=8)).measurement.loss
-    # The loss of one option, recomputed by hand: the layer replaced in a full-model run.
+    # The loss of one option, recomputed by hand: the layer compressed with the even samples
+    # replaces the op in full-model runs of the odd (held-out) samples.
+    fit, held = split_fit_score(len(x))
+    assert list(sens.score_indices) == list(held) and not set(fit) & set(held)
     layer = sens.layers[0]
     s = Setting.of("quant", bits=2, gptq=True)
-    cm = compress_graph(cnn_graph, {layer.op_index: s}, x, sequential=False)
-    ref = compress_graph(cnn_graph, {}, None).predict(x)[0].astype(np.float64)
-    out = cm.predict(x)[0].astype(np.float64)
-    p = np.clip((ref.reshape(len(x), -1) + 128) / 256, 1 / 512, None)
-    q = np.clip((out.reshape(len(x), -1) + 128) / 256, 1 / 512, None)
+    cm = compress_graph(cnn_graph, {layer.op_index: s}, x[fit], sequential=False)
+    ref = compress_graph(cnn_graph, {}, None).predict(x[held])[0].astype(np.float64)
+    out = cm.predict(x[held])[0].astype(np.float64)
+    p = np.clip((ref.reshape(len(held), -1) + 128) / 256, 1 / 512, None)
+    q = np.clip((out.reshape(len(held), -1) + 128) / 256, 1 / 512, None)
     p, q = p / p.sum(1, keepdims=True), q / q.sum(1, keepdims=True)
     kl = float(np.mean(np.sum(p * np.log(p / q), axis=1)))
     assert layer.candidate(s).measurement.loss == pytest.approx(kl, rel=1e-9)

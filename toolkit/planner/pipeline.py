@@ -185,6 +185,11 @@ class Evaluator:
         # compressing again (:meth:`quick`).
         self.layers: Mapping[tuple[int, Setting], Any] = {}
 
+    def add_set(self, name: str, x: np.ndarray, y: np.ndarray | None) -> None:
+        self.sets[name] = (x, y)
+        self.reference[name] = _outputs(self.graph, x)
+        self.ref_top1[name] = top1(self.reference[name])
+
     def accuracy(self, name: str) -> float | None:
         """The original int8 model's accuracy on a set (None without labels)."""
         y = self.sets[name][1]
@@ -213,7 +218,7 @@ class Evaluator:
             self._memo[key] = self._score(name, self._model(settings).predict(self.sets[name][0]))
         return self._memo[key]
 
-    def quick(self, settings: Mapping[int, Setting], name: str = "calibration") -> Metrics:
+    def quick(self, settings: Mapping[int, Setting], name: str = "selection") -> Metrics:
         """The mix of the layers as the sensitivity pass compressed them (each calibrated on the
         original model's activations), scored on set ``name``; falls back to :meth:`__call__`
         when a layer was not compressed in this run (its sensitivity came from the cache)."""
@@ -410,8 +415,7 @@ def prepare(req: PlanRequest, progress: Progress | None = None) -> Prepared:
     val = data.validation or data.calib
     val_x = prepare_inputs(np.asarray(val.x), graph, val.name)
     val_y = None if val.y is None else np.asarray(val.y)
-    evaluator = Evaluator(graph, float_graph, calib_x, {"calibration": (calib_x, calib_y),
-                                                        "validation": (val_x, val_y)})
+    evaluator = Evaluator(graph, float_graph, calib_x, {"validation": (val_x, val_y)})
     reference = evaluator.accuracy("validation")
     if float_graph is not None and val_y is not None:
         fx = prepare_inputs(np.asarray(val.x), float_graph, val.name)
@@ -422,6 +426,10 @@ def prepare(req: PlanRequest, progress: Progress | None = None) -> Prepared:
                                float_graph=float_graph, methods=req.methods, mode=req.sensitivity,
                                cache=SensitivityCache.default() if req.cache else None, progress=progress)
     evaluator.layers = sens.compressed
+    # Mixes of the sensitivity pass's layers are compared on the samples they were scored on
+    # (not fitted to): see toolkit.planner.sensitivity.split_fit_score.
+    held = np.asarray(sens.score_indices, dtype=np.int64)
+    evaluator.add_set("selection", calib_x[:n][held], None if calib_y is None else calib_y[:n][held])
     return Prepared(_prepare_key(req), raw, graph, float_graph, data, sens, evaluator, reference)
 
 
@@ -721,7 +729,8 @@ def _assemble(req: PlanRequest, prepared: Prepared, board: Any, cost: CostModel,
         toolchain=tc, budgets=budgets,
         layers=tuple(layers), totals=totals, calibration=data.calib_set,
         validation=data.validation_set,
-        sensitivity={"mode": sens.mode, "samples": sens.samples, "seconds": round(sens.seconds, 3),
+        sensitivity={"mode": sens.mode, "samples": sens.samples, "scored_samples": len(sens.score_indices),
+                     "seconds": round(sens.seconds, 3),
                      "cached": sens.cached,
                      "options": sum(len(layer.candidates) for layer in sens.layers)},
         solver={"status": state.solution.status, "repairs": list(state.repairs),

@@ -2,7 +2,13 @@
 
 For every compressible layer and every setting the compression methods offer for it
 (``Method.settings``), the layer is compressed with calibration data (:class:`Calibration`
-from the *original* model's activations — the layer alone is compressed) and measured:
+from the *original* model's activations — the layer alone is compressed) and measured.
+
+The calibration samples are split (:func:`split_fit_score`): layers are compressed with the
+even-numbered ones and measured on the odd-numbered ones.  Accuracy recovery fits the samples
+it sees (GPTQ, least-squares refits: with few samples and wide layers, almost perfectly), so a
+loss measured on those samples would favour the options that overfit most; measured on held-out
+samples it estimates what the option does to data the model has not been fitted to.  Measured:
 
 * ``loss`` — the mean :func:`~toolkit.planner.runner.output_loss` of the model's outputs
   against the original int8 model's (KL divergence of the probabilities for classifiers,
@@ -56,9 +62,10 @@ from toolkit.planner.runner import GraphRunner, layer_forward, output_loss, top1
 
 log = logging.getLogger(__name__)
 
-SENSITIVITY_VERSION = 2  # bump when what is measured changes
+SENSITIVITY_VERSION = 3  # bump when what is measured changes
 MODES = ("auto", "exact", "proxy")
 EXACT_SECONDS = 20.0  # auto: the exact mode's estimated run time must stay under this
+MIN_SPLIT = 8  # fewer calibration samples: layers are compressed and scored on the same ones
 PROBE_QUANTILES = (0.5, 1.0)  # proxy mode: probe options at these quantiles of the output error
 _STACK_ELEMENTS = 4_000_000  # activation elements of one stacked suffix batch (memory bound)
 
@@ -119,6 +126,7 @@ class Sensitivity:
     layers: tuple[LayerSensitivity, ...]
     seconds: float = 0.0
     cached: int = 0  # candidates read from the cache
+    score_indices: tuple[int, ...] = ()  # the samples losses were measured on (see split_fit_score)
     # The compressed layers measured in this run (not those read from the cache), kept in
     # memory so that whole mixes can be simulated without compressing again.
     compressed: Mapping[tuple[int, Setting], CompressedLayer] = field(default_factory=dict, compare=False,
@@ -263,6 +271,8 @@ class _Layer:
     layer_ref: LayerRef
     calib: Calibration
     settings: list[Setting]
+    held_inputs: np.ndarray  # the layer's input and original output on the scoring samples
+    held_reference: np.ndarray
     found: dict[Setting, Candidate] = field(default_factory=dict)
     outputs: dict[Setting, np.ndarray] = field(default_factory=dict)  # compressed outputs, not yet scored
     options: dict[Setting, Option] = field(default_factory=dict)
@@ -317,7 +327,7 @@ def _apply(layer: _Layer, setting: Setting, graph: Graph) -> tuple[CompressedLay
     except (CompressionError, ValueError) as exc:
         log.warning("%s: %s cannot be applied: %s", layer.op.label, setting.label, exc)
         return None
-    y = layer_forward(graph, layer.op.index, cl.forward, layer.calib.inputs)
+    y = layer_forward(graph, layer.op.index, cl.forward, layer.held_inputs)
     return cl, y
 
 
@@ -344,17 +354,20 @@ def measure_sensitivity(
     floats = match_float_weights(graph, float_graph) if float_graph is not None else {}
     runner = GraphRunner(graph)
     t0 = time.perf_counter()
-    cached = runner.run_all([calib_x])
+    values = runner.run_all([calib_x])
     full_seconds = time.perf_counter() - t0
     n = int(calib_x.shape[0])
     labels = None if labels is None else np.asarray(labels).reshape(-1)
     if labels is not None and len(labels) != n:
         raise PlanError(f"{len(labels)} labels for {n} calibration samples")
-    scorer = _Scorer(graph, runner, cached, labels)
+    fit_idx, score_idx = split_fit_score(n)
+    fit = {t: v[fit_idx] for t, v in values.items()}
+    held = {t: v[score_idx] for t, v in values.items()}
+    scorer = _Scorer(graph, runner, held, None if labels is None else labels[score_idx])
     ops = compressible_layers(graph)
     if not ops:
         raise PlanError(f"{graph.name} has no compressible layers ({', '.join(COMPRESSIBLE_OPS)})")
-    work = [_layer_work(graph, op, floats.get(op.index), cached, methods) for op in ops]
+    work = [_layer_work(graph, op, floats.get(op.index), fit, held, methods) for op in ops]
     chosen = mode if mode != "auto" else _auto_mode(graph, work, full_seconds, exact_seconds)
     key = cache_key(graph, calib_x, labels, chosen, float_graph) if cache is not None else ""
     stored = cache.load(key) if cache is not None else {}
@@ -373,7 +386,7 @@ def measure_sensitivity(
                 continue
             w.compressed[s], w.outputs[s] = applied
             w.options[s] = applied[0].option
-            w.error[s] = _output_error(graph, w.op, applied[1], w.calib.reference)
+            w.error[s] = _output_error(graph, w.op, applied[1], w.held_reference)
     alphas = _score(work, scorer, chosen, progress)
     if cache is not None and len(stored) != sum(len(w.found) for w in work):
         fresh = {_entry_key(w.op.index, s): c for w in work for s, c in w.found.items()}
@@ -388,16 +401,25 @@ def measure_sensitivity(
             raise PlanError(f"{layer.name}: the dense int8 kernel cannot run this layer")
     compressed = {(w.op.index, s): cl for w in work for s, cl in w.compressed.items()}
     return Sensitivity(graph.content_hash(), n, chosen, base_acc, layers, time.perf_counter() - t_start, hits,
-                       compressed)
+                       tuple(int(i) for i in score_idx), compressed)
 
 
-def _layer_work(graph: Graph, op: Op, float_w: np.ndarray | None, cached: Mapping[int, np.ndarray],
-                methods: Iterable[str] | None) -> _Layer:
+def split_fit_score(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(samples the layers are compressed with, samples they are scored on): the even and the
+    odd positions, or all of them for both when there are fewer than ``MIN_SPLIT``."""
+    if n < MIN_SPLIT:
+        return np.arange(n), np.arange(n)
+    return np.arange(0, n, 2), np.arange(1, n, 2)
+
+
+def _layer_work(graph: Graph, op: Op, float_w: np.ndarray | None, fit: Mapping[int, np.ndarray],
+                held: Mapping[int, np.ndarray], methods: Iterable[str] | None) -> _Layer:
     tin, tout = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
-    calib = Calibration(inputs=cached[tin.index].reshape((-1, *tin.shape[1:])),
-                        reference=cached[tout.index].reshape((-1, *tout.shape[1:])))
+    calib = Calibration(inputs=fit[tin.index].reshape((-1, *tin.shape[1:])),
+                        reference=fit[tout.index].reshape((-1, *tout.shape[1:])))
     ref = LayerRef(graph, op, float_w)
-    return _Layer(op, ref, calib, layer_settings(graph, op, float_w, methods))
+    return _Layer(op, ref, calib, layer_settings(graph, op, float_w, methods),
+                  held_inputs=held[tin.index], held_reference=held[tout.index])
 
 
 def _use_cache(work: Sequence[_Layer], stored: Mapping[str, Candidate]) -> int:
