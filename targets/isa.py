@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import platform
 import re
 import subprocess
@@ -262,8 +263,20 @@ def kernel_variants(target: IsaTarget) -> tuple[str, ...]:
     return (*(v.name for v in VARIANTS if v.applies(target)), REF)
 
 
+OVERRIDE_ENV: Final = "BOARDFIT_KERNEL_VARIANTS"
+
+
 def board_variants(board: Board | None) -> tuple[str, ...]:
-    return kernel_variants(target_of(board))
+    """:func:`kernel_variants` of a board — unless ``$BOARDFIT_KERNEL_VARIANTS`` lists variants
+    (comma-separated, e.g. ``ref`` to build with the portable kernels only, for comparisons)."""
+    override = os.environ.get(OVERRIDE_ENV, "").strip()
+    if not override:
+        return kernel_variants(target_of(board))
+    names = [n.strip() for n in override.split(",") if n.strip()]
+    for n in names:
+        if n != REF:
+            variant(n)  # raises for an unknown name
+    return (*(n for n in names if n != REF), REF)
 
 
 def x86_level(features: frozenset[str]) -> str:

@@ -104,6 +104,34 @@ class XResult:
 
 
 # ---------------------------------------------------------------------------------------------
+# Declarations.
+
+FORMAT_HEADERS = ("bf_binary.h", "bf_packed.h", "bf_sparse.h", "bf_lowrank.h")
+
+
+def _cdef_region(header: Path) -> str:
+    text = header.read_text()
+    begin, end = text.index("/* BF_CDEF_BEGIN"), text.index("/* BF_CDEF_END */")
+    region = text[text.index("\n", begin) + 1 : text.rindex("\n", 0, end)]
+    return "\n".join(ln for ln in region.splitlines() if not ln.lstrip().startswith("#"))
+
+
+def library_cdef() -> str:
+    """cffi declarations of every kernel of the library: the test harness's cdef plus the
+    format headers' sections it does not already hold."""
+    import kernel_harness as kh
+
+    text = kh.cdef_source()
+    parts = [text]
+    for h in FORMAT_HEADERS:
+        region = _cdef_region(INCLUDE / h)
+        first = re.search(r"}\s*(\w+)\s*;", region)
+        if first is not None and not re.search(rf"\b{first.group(1)}\b", text):
+            parts.append(region)
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
 # C source.
 
 

@@ -42,10 +42,18 @@ import kernel_harness as kh
 import kernel_xrun as xr
 import numpy as np
 import pytest
-from binlr_support import cdef_region, conv_case, fc_case
-from opgen import GraphBuilder, bias_quant, rand_bias, rand_per_channel, rand_quant, rand_weights
+from binlr_support import conv_case, fc_case
+from opgen import (
+    GraphBuilder,
+    bias_quant,
+    extreme_quant,
+    rand_bias,
+    rand_per_channel,
+    rand_quant,
+    rand_weights,
+)
 
-from firmware_gen.lower import KernelCall, lower_op
+from firmware_gen.lower import ConstArray, KernelCall, Struct, TensorArg, lower_op
 from targets import isa
 from toolkit.compress import binary
 from toolkit.compress.base import Calibration, LayerRef
@@ -87,9 +95,14 @@ class Case:
         return np.random.default_rng(zlib.crc32(self.id.encode()))
 
 
+def _out_q(rng: np.random.Generator, kind: str | None, lo: float, hi: float) -> QuantParams:
+    """Output quantization; ``kind`` "tiny"/"huge" gives multipliers with left / long right shifts."""
+    return extreme_quant(rng, kind=kind) if kind else rand_quant(rng, lo, hi)
+
+
 def _conv(x: tuple[int, int, int, int], oc: int, k: tuple[int, int], stride: tuple[int, int] = (1, 1),
           dil: tuple[int, int] = (1, 1), padding: Padding = S, act: Activation = A.NONE, groups: int = 1,
-          extreme: bool = False) -> Callable[[np.random.Generator], Graph]:
+          extreme: bool = False, out_kind: str | None = None) -> Callable[[np.random.Generator], Graph]:
     def build(rng: np.random.Generator) -> Graph:
         n, h, w, c = x
         oh = out_size(padding, h, k[0], stride[0], dil[0])
@@ -103,7 +116,7 @@ def _conv(x: tuple[int, int, int, int], oc: int, k: tuple[int, int], stride: tup
             wv = np.where(rng.random(wv.shape) < 0.7, -128, 127).astype(np.int8)
         wt = b.const(wv, quant=wq)
         bt = b.const(rand_bias(rng, oc), quant=bias_quant(b.quant(xt), wq))
-        y = b.output((n, oh, ow, oc), "int8", quant=rand_quant(rng, -6.0, 6.0))
+        y = b.output((n, oh, ow, oc), "int8", quant=_out_q(rng, out_kind, -6.0, 6.0))
         b.op("CONV_2D", [xt, wt, bt], [y], Conv2DOptions(padding, *stride, *dil, act))
         return b.build()
     return build
@@ -111,7 +124,7 @@ def _conv(x: tuple[int, int, int, int], oc: int, k: tuple[int, int], stride: tup
 
 def _dw(x: tuple[int, int, int, int], mult: int, k: tuple[int, int], stride: tuple[int, int] = (1, 1),
         dil: tuple[int, int] = (1, 1), padding: Padding = S, act: Activation = A.NONE,
-        bias: bool = True) -> Callable[[np.random.Generator], Graph]:
+        bias: bool = True, out_kind: str | None = None) -> Callable[[np.random.Generator], Graph]:
     def build(rng: np.random.Generator) -> Graph:
         n, h, w, c = x
         oc = c * mult
@@ -122,7 +135,7 @@ def _dw(x: tuple[int, int, int, int], mult: int, k: tuple[int, int], stride: tup
         wq = rand_per_channel(rng, oc, axis=3)
         wt = b.const(rand_weights(rng, (1, *k, oc)), quant=wq)
         bt = b.const(rand_bias(rng, oc), quant=bias_quant(b.quant(xt), wq)) if bias else -1
-        y = b.output((n, oh, ow, oc), "int8", quant=rand_quant(rng, -6.0, 6.0))
+        y = b.output((n, oh, ow, oc), "int8", quant=_out_q(rng, out_kind, -6.0, 6.0))
         opts = DepthwiseConv2DOptions(padding, *stride, mult, *dil, act)
         b.op("DEPTHWISE_CONV_2D", [xt, wt, bt], [y], opts)
         return b.build()
@@ -130,7 +143,8 @@ def _dw(x: tuple[int, int, int, int], mult: int, k: tuple[int, int], stride: tup
 
 
 def _fc(x: tuple[int, ...], units: int, per_channel: bool = True, filter_zp: int = 0,
-        act: Activation = A.NONE, bias: bool = True) -> Callable[[np.random.Generator], Graph]:
+        act: Activation = A.NONE, bias: bool = True,
+        out_kind: str | None = None) -> Callable[[np.random.Generator], Graph]:
     def build(rng: np.random.Generator) -> Graph:
         depth = x[-1]
         b = GraphBuilder("fc")
@@ -141,7 +155,7 @@ def _fc(x: tuple[int, ...], units: int, per_channel: bool = True, filter_zp: int
             wv = np.clip(wv.astype(np.int64) + filter_zp, -128, 127).astype(np.int8)
         wt = b.const(wv, quant=wq)
         bt = b.const(rand_bias(rng, units), quant=bias_quant(b.quant(xt), wq)) if bias else -1
-        y = b.output((int(np.prod(x)) // depth, units), "int8", quant=rand_quant(rng, -8.0, 8.0))
+        y = b.output((int(np.prod(x)) // depth, units), "int8", quant=_out_q(rng, out_kind, -8.0, 8.0))
         b.op("FULLY_CONNECTED", [xt, wt, bt], [y], FullyConnectedOptions(act))
         return b.build()
     return build
@@ -162,6 +176,46 @@ def _compressed(make: Make, mode: str, order: int,
         comp = get_method("binary").apply(LayerRef(graph, graph.ops[0]),
                                          binary.binary_setting(mode, order, act_order), Calibration(xs, ref))
         return graph, comp.call, comp.forward
+    return build
+
+
+def _synthetic_xnor(kind: str, mult: int, shift: int) -> Callable[[np.random.Generator], CaseData]:
+    """An XNOR layer (2 weight planes, 2 activation planes) with random signs, coefficients and
+    bias and the given multiplier/shift for every channel."""
+    def build(rng: np.random.Generator) -> CaseData:
+        graph = (conv_case((2, 6, 7, 45), 10, kernel=(3, 3)) if kind == "conv" else fc_case((9, 70), 7))(rng)
+        op = graph.ops[0]
+        x, y = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
+        c, oc = x.shape[-1], y.shape[-1]
+        words, taps = -(-c // 32), 9 if kind == "conv" else 1
+        signs = rng.integers(0, 2**32, size=(oc, 2, taps, words), dtype=np.uint64).astype(np.uint32)
+        signs[..., -1] &= np.uint32((1 << (c % 32)) - 1) if c % 32 else np.uint32(0xFFFFFFFF)
+        fields: list[tuple[str, Any]] = []
+        if kind == "conv":
+            def dims(n: int, h: int, w: int, ch: int) -> Struct:
+                return Struct("bf_dims4", (("n", n), ("h", h), ("w", w), ("c", ch)))
+
+            fields += [("input", dims(*x.shape)), ("filter", dims(oc, 3, 3, c)), ("output", dims(*y.shape)),
+                       ("stride_h", 1), ("stride_w", 1), ("dilation_h", 1), ("dilation_w", 1),
+                       ("pad_top", 1), ("pad_left", 1)]
+        else:
+            fields += [("batches", x.shape[0]), ("depth", c), ("units", oc)]
+
+        def ints(ctype: str, v: Any) -> ConstArray:
+            return ConstArray(ctype, tuple(int(a) for a in np.asarray(v).reshape(-1)))
+
+        fields += [("words", words), ("planes", 2), ("act_planes", 2), ("output_offset", -5),
+                   ("act_min", -128), ("act_max", 127), ("act_threshold", ints("int32_t", [-10, -60, 40])),
+                   ("weights", ints("uint32_t", signs)),
+                   ("coef", ints("int16_t", rng.integers(-400, 400, 6 * oc))),
+                   ("bias", ints("int32_t", rng.integers(-20000, 20000, oc))),
+                   ("multiplier", ints("int32_t", [mult] * oc)), ("shift", ints("int32_t", [shift] * oc))]
+        symbol = f"bf_{'conv2d' if kind == 'conv' else 'fully_connected'}_xnor_s8"
+        scratch = (x.shape[1] * x.shape[2] if kind == "conv" else 1) * 2 * words * 4
+        call = KernelCall(op.index, op.opcode, symbol, f"{symbol}_params", tuple(fields),
+                          (TensorArg(x.index, "int8_t"), TensorArg(y.index, "int8_t", output=True)), "binary",
+                          takes_scratch=True, scratch_bytes=scratch)
+        return graph, call, None
     return build
 
 
@@ -190,7 +244,18 @@ def _cases() -> list[Case]:
         Case("fc_64x17", _int8(_fc((1, 64), 17))),
         Case("fc_100x9_b3_relu", _int8(_fc((3, 100), 9, act=A.RELU))),
         Case("fc_1x5", _int8(_fc((2, 1), 5)), small=True),
+        Case("conv_tiny_out_scale", _int8(_conv((1, 5, 6, 8), 6, (3, 3), out_kind="tiny"))),
+        Case("dw_tiny_out_scale_c16", _int8(_dw((1, 5, 6, 16), 1, (3, 3), out_kind="tiny"))),
+        Case("dw_huge_out_scale_c12", _int8(_dw((1, 6, 5, 12), 1, (3, 3), out_kind="huge"))),
+        Case("fc_tiny_out_scale", _int8(_fc((2, 40), 9, out_kind="tiny"))),
+        Case("fc_huge_out_scale", _int8(_fc((2, 40), 9, out_kind="huge"))),
     ]
+    # XNOR layers with requantization edge cases (left shifts, the longest right shift, the
+    # largest multipliers, INT32_MIN): expected values from the reference C kernel.
+    for name, mult, shift in (("left5", 1 << 30, 5), ("right31", (1 << 31) - 1, -31),
+                              ("right1", (1 << 30) + 12345, -1), ("int32min", -(1 << 31), 2)):
+        c.append(Case(f"xnor_requant_{name}_conv", _synthetic_xnor("conv", mult, shift), small=True))
+        c.append(Case(f"xnor_requant_{name}_fc", _synthetic_xnor("fc", mult, shift), small=True))
     bins = [
         ("conv3_same_5x7x33", conv_case((1, 5, 7, 33), 6, kernel=(3, 3)), True),
         ("conv3_s2_b2_7x5x40_relu", conv_case((2, 7, 5, 40), 5, kernel=(3, 3), stride=(2, 2),
@@ -237,8 +302,11 @@ def built(case_id: str) -> Built:
     if call is None:
         call = lower_op(graph, graph.ops[0], "ref")
         expected = Oracle(graph).run([x]).outputs[0]
+    elif forward is None:  # synthetic: the reference C kernel is the expectation
+        values = {t.index: t.data for t in graph.tensors if t.data is not None}
+        values[graph.inputs[0]] = x
+        expected = host_library("ref", ()).call(call, graph, values)[graph.outputs[0]]
     else:
-        assert forward is not None
         expected = np.asarray(forward(x)).reshape(graph.tensors[graph.outputs[0]].shape)
     return Built(graph, call, x, expected)
 
@@ -296,7 +364,6 @@ def _x86_skip(t: Target) -> str | None:
 
 
 # Host libraries: every family, cdef of every kernel header.
-_HEADERS = ("bf_binary.h", "bf_packed.h", "bf_sparse.h", "bf_lowrank.h")
 
 
 @cache
@@ -317,9 +384,7 @@ def host_library(variant: str, flags: tuple[str, ...]) -> kh.KernelLibrary:
         assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
         tmp.replace(so)
     ffi = cffi.FFI()
-    ffi.cdef(kh.cdef_source())
-    for h in _HEADERS:
-        ffi.cdef(cdef_region(kh.INCLUDE_DIR / h))
+    ffi.cdef(xr.library_cdef())
     if variant == "x86":
         ffi.cdef("int bf_x86_binary_level(void);")
     return kh.KernelLibrary(variant, so, False, ffi, ffi.dlopen(str(so)), flags)
@@ -465,3 +530,17 @@ def test_m_profile_variants_compile(cpu: str) -> None:
                f"-I{kh.KERNELS_DIR / variant}", f"-I{kh.REF_DIR}", "-c", str(src), "-o", "/dev/null"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
+
+
+def test_variant_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    """$BOARDFIT_KERNEL_VARIANTS replaces the ISA choice (e.g. ``ref`` for comparisons)."""
+    from toolkit.boards import load_board
+
+    rpi4 = load_board("rpi4")
+    monkeypatch.setenv(isa.OVERRIDE_ENV, "ref")
+    assert isa.board_variants(rpi4) == ("ref",)
+    monkeypatch.setenv(isa.OVERRIDE_ENV, "neon, ref")
+    assert isa.board_variants(rpi4) == ("neon", "ref")
+    monkeypatch.setenv(isa.OVERRIDE_ENV, "sse9")
+    with pytest.raises(ValueError, match="unknown kernel variant"):
+        isa.board_variants(rpi4)

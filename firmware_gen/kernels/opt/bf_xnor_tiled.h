@@ -15,6 +15,10 @@
  *   bf_xt_ge_mask(x, n, t)
  *                      bit i (i < n <= 32) set when x[i] >= t; bits >= n clear.
  *   bf_xt_pop32(x)     popcount of one word.
+ * and optionally (BF_XT_HAVE_REQUANT_LANES)
+ *   bf_xt_requant_lanes(t, o, acc, np, out)
+ *                      out[q][o] = bf_bin_requantize(t, o, acc[q]) for q < np (all positions of
+ *                      a tile share channel o's multiplier and shift: one vector per 8 lanes).
  *
  * Algorithm.  The reference kernel walks taps per output channel and pixel and recounts
  * popcount(w) for every pixel.  Here a tile of P output positions is im2col'ed into the stack
@@ -119,43 +123,66 @@ static int32_t bf_xt_padded_ones(const bf_bin_geom *g, const uint32_t *plane, in
 }
 
 /* im2col of one output position into `dst` (A rows of s->stride words); returns its number of
- * valid taps. */
+ * valid taps and sets *padmask (bit t: tap t lies in the padding; taps < 64). */
 static int32_t bf_xt_gather(const bf_bin_geom *g, const bf_xt_shape *s, const uint32_t *packed,
-                            int32_t oy, int32_t ox, uint32_t *dst) {
+                            int32_t oy, int32_t ox, uint32_t *dst, uint64_t *padmask) {
     const int32_t words = g->words;
-    int32_t valid = 0, ky, kx, j;
-    memset(dst, 0, (size_t)s->stride * (size_t)s->A * sizeof(uint32_t));
+    int32_t valid = 0, ky, kx, j, i;
+    uint64_t mask = 0u;
     for (ky = 0; ky < g->f_h; ++ky) {
         const int32_t y = bf_bin_tap_row(g, oy, ky);
-        if (y < 0) {
-            continue;
-        }
         for (kx = 0; kx < g->f_w; ++kx) {
-            const int32_t x = bf_bin_tap_col(g, ox, kx);
-            const uint32_t *src;
-            if (x < 0) {
-                continue;
+            const int32_t tap = ky * g->f_w + kx;
+            const int32_t x = y < 0 ? -1 : bf_bin_tap_col(g, ox, kx);
+            const uint32_t *src = x < 0 ? packed : packed + ((int64_t)y * g->in_w + x) * s->A * words;
+            if (x >= 0) {
+                ++valid;
+            } else if (tap < 64) {
+                mask |= (uint64_t)1u << tap;
             }
-            ++valid;
-            src = packed + ((int64_t)y * g->in_w + x) * s->A * words;
             for (j = 0; j < s->A; ++j) {
-                memcpy(dst + (int64_t)j * s->stride + (ky * g->f_w + kx) * words,
-                       src + (int64_t)j * words, (size_t)words * sizeof(uint32_t));
+                uint32_t *d = dst + (int64_t)j * s->stride + (int64_t)tap * words;
+                for (i = 0; i < words; ++i) {
+                    d[i] = x < 0 ? 0u : src[(int64_t)j * words + i];
+                }
             }
         }
     }
+    for (j = 0; j < s->A; ++j) {
+        for (i = s->L; i < s->stride; ++i) {
+            dst[(int64_t)j * s->stride + i] = 0u;
+        }
+    }
+    *padmask = mask;
     return valid;
+}
+
+/* popcount of each tap's words of one weight plane (taps < 64). */
+static void bf_xt_tap_ones(const bf_bin_geom *g, const uint32_t *plane, int32_t taps, int32_t *out) {
+    int32_t t, i;
+    for (t = 0; t < taps; ++t) {
+        int32_t n = 0;
+        for (i = 0; i < g->words; ++i) {
+            n += bf_xt_pop32(plane[(int64_t)t * g->words + i]);
+        }
+        out[t] = n;
+    }
 }
 
 /* Counts of np positions of the tile -> outputs.  pos_y/pos_x: the positions (for padding
  * corrections), valid: their valid taps, out[q]: where position q's C_out outputs go. */
 static void bf_xt_tile(const bf_bin_geom *g, const bf_bin_tables *t, const bf_xt_shape *s,
                        const uint32_t *tile, int32_t np, const int32_t *pos_y, const int32_t *pos_x,
-                       const int32_t *valid, int8_t *const *out) {
+                       const int32_t *valid, const uint64_t *padmask, int8_t *const *out) {
     const int32_t terms = 1 + s->A;
     int32_t xors[BF_XT_MAX_POS * BF_BIN_MAX_ACT_PLANES];
     int32_t acc[BF_XT_MAX_POS];
+    int32_t tap_ones[64];
+    int padded = 0;
     int32_t o, k, q, j;
+    for (q = 0; q < np; ++q) {
+        padded |= valid[q] < s->taps;
+    }
     for (o = 0; o < g->out_c; ++o) {
         for (q = 0; q < np; ++q) {
             acc[q] = t->bias[o];
@@ -166,6 +193,9 @@ static void bf_xt_tile(const bf_bin_geom *g, const bf_bin_tables *t, const bf_xt
             int32_t ones, full, csum = 0;
             const int32_t n_full = g->in_c * s->taps;
             bf_xt_dot(plane, s->L, tile, s->stride, np * s->A, xors, &ones);
+            if (padded && s->taps <= 64) {
+                bf_xt_tap_ones(g, plane, s->taps, tap_ones);
+            }
             for (j = 0; j < s->A; ++j) {
                 csum += coef[1 + j];
             }
@@ -180,7 +210,19 @@ static void bf_xt_tile(const bf_bin_geom *g, const bf_bin_tables *t, const bf_xt
                         a -= 2 * (int32_t)coef[1 + j] * x[j];
                     }
                 } else {
-                    const int32_t pad = bf_xt_padded_ones(g, plane, pos_y[q], pos_x[q]);
+                    int32_t pad = 0, tp;
+                    if (s->taps <= 64) {
+                        /* the set bits only, 32 at a time (no 64-bit shifts on 32-bit cores) */
+                        uint32_t lo = (uint32_t)padmask[q], hi = (uint32_t)(padmask[q] >> 32);
+                        for (tp = 0; lo != 0u; ++tp, lo >>= 1) {
+                            pad += (lo & 1u) ? tap_ones[tp] : 0;
+                        }
+                        for (tp = 32; hi != 0u; ++tp, hi >>= 1) {
+                            pad += (hi & 1u) ? tap_ones[tp] : 0;
+                        }
+                    } else {
+                        pad = bf_xt_padded_ones(g, plane, pos_y[q], pos_x[q]);
+                    }
                     const int32_t n = g->in_c * valid[q];
                     a = acc[q] + (int32_t)coef[0] * (2 * (ones - pad) - n);
                     for (j = 0; j < s->A; ++j) {
@@ -190,9 +232,13 @@ static void bf_xt_tile(const bf_bin_geom *g, const bf_bin_tables *t, const bf_xt
                 acc[q] = a;
             }
         }
+#if defined(BF_XT_HAVE_REQUANT_LANES)
+        bf_xt_requant_lanes(t, o, acc, np, out);
+#else
         for (q = 0; q < np; ++q) {
             out[q][o] = bf_bin_requantize(t, o, acc[q]);
         }
+#endif
     }
 }
 
@@ -202,6 +248,7 @@ static void bf_xt_conv(const bf_bin_geom *g, const bf_bin_tables *t, const bf_xt
                        const int32_t *thr, const int8_t *input, int8_t *output, uint32_t *packed) {
     uint32_t tile[BF_XT_TILE_WORDS] BF_XT_ALIGNED;
     int32_t pos_y[BF_XT_MAX_POS], pos_x[BF_XT_MAX_POS], valid[BF_XT_MAX_POS];
+    uint64_t padmask[BF_XT_MAX_POS];
     int8_t *out[BF_XT_MAX_POS];
     const int64_t pixels = (int64_t)g->in_h * g->in_w;
     const int32_t total = g->out_h * g->out_w;
@@ -220,10 +267,10 @@ static void bf_xt_conv(const bf_bin_geom *g, const bf_bin_tables *t, const bf_xt
                 pos_y[q] = (p0 + q) / g->out_w;
                 pos_x[q] = (p0 + q) % g->out_w;
                 valid[q] = bf_xt_gather(g, s, packed, pos_y[q], pos_x[q],
-                                        tile + (int64_t)q * s->A * s->stride);
+                                        tile + (int64_t)q * s->A * s->stride, &padmask[q]);
                 out[q] = output + ((int64_t)b * total + p0 + q) * g->out_c;
             }
-            bf_xt_tile(g, t, s, tile, np, pos_y, pos_x, valid, out);
+            bf_xt_tile(g, t, s, tile, np, pos_y, pos_x, valid, padmask, out);
         }
     }
 }
@@ -233,6 +280,7 @@ static void bf_xt_fc(const bf_bin_geom *g, const bf_bin_tables *t, const bf_xt_s
                      const int32_t *thr, const int8_t *input, int8_t *output) {
     uint32_t tile[BF_XT_TILE_WORDS] BF_XT_ALIGNED;
     int32_t pos[BF_XT_MAX_POS], valid[BF_XT_MAX_POS];
+    uint64_t padmask[BF_XT_MAX_POS];
     int8_t *out[BF_XT_MAX_POS];
     int32_t b0, q;
     for (b0 = 0; b0 < g->batches; b0 += s->P) {
@@ -244,9 +292,10 @@ static void bf_xt_fc(const bf_bin_geom *g, const bf_bin_tables *t, const bf_xt_s
                        s->stride);
             pos[q] = 0;
             valid[q] = 1;
+            padmask[q] = 0u;
             out[q] = output + (int64_t)(b0 + q) * g->out_c;
         }
-        bf_xt_tile(g, t, s, tile, np, pos, pos, valid, out);
+        bf_xt_tile(g, t, s, tile, np, pos, pos, valid, padmask, out);
     }
 }
 

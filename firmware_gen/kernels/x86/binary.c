@@ -249,7 +249,66 @@ static void bf_xt_dot(const uint32_t *w, int32_t L, const uint32_t *rows, int32_
 
 #endif
 
+#if BF_X86_LEVEL >= 2
+/* TFLite's MultiplyByQuantizedMultiplier of 8 lanes by one multiplier/shift, bit-exact with
+ * bf_mbqm: SaturatingRoundingDoublingHighMul(a, b) equals floor((a * b + 2^30) / 2^31) (the
+ * rounding SQRDMULH does; gemmlowp's half-away nudge gives the same integers) except for
+ * a = b = INT32_MIN, which only a multiplier of INT32_MIN can reach (handled by the caller). */
+static inline __m256i bf_x86_mbqm8(__m256i x, int32_t multiplier, int32_t shift) {
+    const int left = shift > 0 ? (int)shift : 0, right = shift > 0 ? 0 : (int)-shift;
+    const __m256i m = _mm256_set1_epi32(multiplier);
+    const __m256i half = _mm256_set1_epi64x((int64_t)1 << 30);
+    __m256i even, odd, y, rem, thr;
+    x = _mm256_sll_epi32(x, _mm_cvtsi32_si128(left)); /* wraps, like bf_wrap_shl */
+    even = _mm256_slli_epi64(_mm256_add_epi64(_mm256_mul_epi32(x, m), half), 1);
+    odd = _mm256_slli_epi64(_mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(x, 32), m), half), 1);
+    /* high 32 bits of 2 * (a * b + 2^30) = floor((a * b + 2^30) / 2^31) */
+    y = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+    if (right == 0) {
+        return y;
+    }
+    {   /* RoundingDivideByPOT: (y >> right) + (remainder > threshold) */
+        const __m256i mask = _mm256_set1_epi32((int32_t)(((int64_t)1 << right) - 1));
+        rem = _mm256_and_si256(y, mask);
+        thr = _mm256_sub_epi32(_mm256_srli_epi32(mask, 1), _mm256_srai_epi32(y, 31));
+        return _mm256_sub_epi32(_mm256_sra_epi32(y, _mm_cvtsi32_si128(right)), _mm256_cmpgt_epi32(rem, thr));
+    }
+}
+
+#define BF_XT_HAVE_REQUANT_LANES 1
+static void bf_xt_requant_lanes(const bf_bin_tables *t, int32_t o, const int32_t *acc, int32_t np,
+                                int8_t *const *out);
+#endif
+
 #include "../opt/bf_xnor_tiled.h"
+
+#if BF_X86_LEVEL >= 2
+static void bf_xt_requant_lanes(const bf_bin_tables *t, int32_t o, const int32_t *acc, int32_t np,
+                                int8_t *const *out) {
+    const int32_t mult = t->multiplier[o], shift = t->shift[o];
+    const __m256i lo = _mm256_set1_epi32(t->act_min), hi = _mm256_set1_epi32(t->act_max);
+    const __m256i off = _mm256_set1_epi32(t->output_offset);
+    int32_t q0, q, r[8];
+    if (mult == BF_INT32_MIN) {
+        for (q = 0; q < np; ++q) {
+            out[q][o] = bf_bin_requantize(t, o, acc[q]);
+        }
+        return;
+    }
+    for (q0 = 0; q0 < np; q0 += 8) {
+        const int32_t n = np - q0 < 8 ? np - q0 : 8;
+        int32_t in[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        __m256i v;
+        memcpy(in, acc + q0, (size_t)n * sizeof(int32_t));
+        v = bf_x86_mbqm8(_mm256_loadu_si256((const __m256i *)(const void *)in), mult, shift);
+        v = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(v, off), lo), hi);
+        _mm256_storeu_si256((__m256i *)(void *)r, v);
+        for (q = 0; q < n; ++q) {
+            out[q0 + q][o] = (int8_t)r[q];
+        }
+    }
+}
+#endif
 
 void bf_conv2d_xnor_s8(const bf_conv2d_xnor_s8_params *p, const int8_t *input, int8_t *output,
                        void *scratch) {
