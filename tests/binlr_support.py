@@ -1,13 +1,6 @@
-"""Support for the binary and low-rank compression tests: their C kernels through cffi, and a
-whole-model simulation with compressed layers in place.
-
-Kernels.  :func:`format_library` compiles the kernel families a format needs (the variant's own
-``<family>.c``, else ``ref``'s) with the harness's flags (sanitizers included when
-``BOARDFIT_SANITIZE=1`` runs us under ASan) and opens them in cffi ABI mode with the cdef of
-``bf_kernels.h`` plus the ``BF_CDEF`` sections of the format headers — so only the formats under
-test are compiled, and :class:`kernel_harness.KernelLibrary` calls them like any other kernel.
-``defines`` builds an alternative (e.g. ``BF_USE_BUILTIN_POPCOUNT``); ``shim`` adds test-only C
-functions.
+"""Support for the binary and low-rank compression tests: a whole-model simulation with
+compressed layers in place, and single-op layers with their kernel checks (their C kernels come
+from tests/kernel_harness.py's library, like every other kernel's).
 
 Models.  :func:`run_model` runs many samples through an int8 graph with the numpy oracle's
 kernels, op by op on the re-batched graph, with some ops replaced by compressed forwards;
@@ -18,15 +11,10 @@ ones).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-import subprocess
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import cffi
 import kernel_harness as kh
 import numpy as np
 from opgen import GraphBuilder, QuantParams, bias_quant, quant_from_range, rand_per_channel
@@ -39,64 +27,6 @@ from toolkit.model.ir import Activation, Conv2DOptions, FullyConnectedOptions, G
 from toolkit.oracle import Oracle
 from toolkit.oracle.padding import out_size
 from toolkit.oracle.registry import KERNELS, OpContext
-
-_LIBS: dict[tuple[str, ...], kh.KernelLibrary] = {}
-
-
-def cdef_region(header: Path) -> str:
-    """The BF_CDEF section of a header, preprocessor lines removed (as the harness does)."""
-    text = header.read_text()
-    begin, end = text.index("/* BF_CDEF_BEGIN"), text.index("/* BF_CDEF_END */")
-    region = text[text.index("\n", begin) + 1 : text.rindex("\n", 0, end)]
-    return "\n".join(ln for ln in region.splitlines() if not ln.lstrip().startswith("#"))
-
-
-def format_library(families: Sequence[str], headers: Sequence[str], variant: str = "ref",
-                   defines: Sequence[str] = (), shim: str = "",
-                   shim_cdef: Sequence[str] = ()) -> kh.KernelLibrary:
-    san = kh.sanitize_active()
-    key = (variant, str(san), *families, *headers, *defines, shim)
-    if key in _LIBS:
-        return _LIBS[key]
-    sources = []
-    for fam in families:
-        own = kh.KERNELS_DIR / variant / f"{fam}.c"
-        sources.append(own if own.exists() else kh.REF_DIR / f"{fam}.c")
-    flags = [*kh.CFLAGS, *(kh.SANITIZE_FLAGS if san else ()), *(f"-D{d}" for d in defines)]
-    includes = [f"-I{kh.INCLUDE_DIR}", f"-I{kh.KERNELS_DIR / variant}", f"-I{kh.REF_DIR}"]
-    digest = hashlib.sha256()
-    for f in [*sorted(kh.INCLUDE_DIR.glob("*.h")), *sorted(kh.REF_DIR.glob("*.h")), *sources]:
-        digest.update(f.name.encode() + f.read_bytes())
-    digest.update(" ".join([*flags, shim, subprocess.run([kh.CC, "--version"], capture_output=True,
-                                                         text=True).stdout]).encode())
-    out = Path(tempfile.gettempdir()) / "boardfit-kernels" / f"binlr-{variant}-{digest.hexdigest()[:16]}"
-    so = out / "lib.so"
-    if not so.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        extra = []
-        if shim:
-            (out / "shim.c").write_text(shim)
-            extra = [str(out / "shim.c")]
-        tmp = out / f"lib.{id(key)}.tmp"
-        cmd = [kh.CC, *flags, *includes, *map(str, sources), *extra, "-o", str(tmp), "-lm"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"compiling failed:\n{' '.join(cmd)}\n{proc.stderr}")
-        tmp.replace(so)
-    ffi = cffi.FFI()
-    base = kh.cdef_source()
-    ffi.cdef(base)
-    for h in headers:
-        region = cdef_region(kh.INCLUDE_DIR / h)
-        first_type = re.search(r"\}\s*(\w+)\s*;", region)
-        if first_type is None or not re.search(rf"\b{first_type.group(1)}\b", base):
-            ffi.cdef(region)  # unless the harness's cdef already has this header
-    if shim_cdef:
-        ffi.cdef("\n".join(shim_cdef))
-    lib = kh.KernelLibrary(variant, so, san, ffi, ffi.dlopen(str(so)))
-    _LIBS[key] = lib
-    return lib
-
 
 # ---------------------------------------------------------------------------------------------
 # Whole models.

@@ -10,10 +10,13 @@ variant is built with the ``-m`` flags ``targets.isa`` chooses for this CPU (``e
 builds another level).  :func:`build_library` compiles
 one variant with ``gcc -shared -fPIC -O2 -std=c99 -Wall -Wextra -Werror`` into a shared object
 cached in the temp directory under a hash of every source, the flags and the compiler version,
-and opens it in cffi's ABI mode; the cdef is the region of ``bf_kernels.h`` between
-``BF_CDEF_BEGIN`` and ``BF_CDEF_END``, so the prototypes are never written twice.  A small
-test-only shim exports the static inline fixed-point helpers so that tests can compare them with
-their Python twins.
+and opens it in cffi's ABI mode; the cdef (:func:`cdef_source`) is the region between
+``BF_CDEF_BEGIN`` and ``BF_CDEF_END`` of ``bf_kernels.h`` and of every format header it includes
+(``bf_binary.h``, ``bf_packed.h``, ``bf_sparse.h``…), so the prototypes are never written twice
+and every kernel of the library is callable.  Params fields that are None are NULL pointers.  A
+small test-only shim exports static inline helpers (fixed-point, popcount) so that tests can
+compare them with their Python twins; ``defines`` builds an alternative of the library (e.g.
+``BF_USE_BUILTIN_POPCOUNT``).
 
 Sanitizers.  With ``BOARDFIT_SANITIZE=1`` the library is built with
 ``-fsanitize=address,undefined -fno-sanitize-recover=all``.  An ASan-instrumented shared object
@@ -24,7 +27,10 @@ true of an ordinary ``python``; so the sanitized suite runs in a child process s
 child, Python's and numpy's heap buffers come from ASan's malloc, so a kernel writing past an
 output buffer is caught; independently of ASan, every output buffer is surrounded by guard bytes
 that :meth:`KernelLibrary.call` checks after each call.  Any sanitizer report aborts the child,
-which fails the parent test.
+which fails the parent test.  A test module marks its kernel tests :data:`in_process` (skipped in
+the parent when the child runs them) and adds one :data:`delegating` test that calls
+:func:`check_sanitized`; :func:`check_cross_compile` compiles kernel sources for Cortex-M with
+the warning flags every generated project uses.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from typing import Any
 
 import cffi
 import numpy as np
+import pytest
 
 import firmware_gen
 from firmware_gen.lower import ConstArray, KernelCall, Struct, TensorListArg
@@ -61,7 +68,8 @@ SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all",
 GUARD_BYTES = 64
 _GUARD_VALUE = 0xA5
 
-# Test-only wrappers of the static inline helpers of ref/bf_fixedpoint.h.
+# Test-only wrappers of the static inline helpers of ref/bf_fixedpoint.h and ref/bf_popcount.h.
+_SHIM_HEADERS = ("bf_fixedpoint.h", "bf_popcount.h")
 _SHIM_FUNCTIONS: tuple[tuple[str, str, str], ...] = (
     # (exported name, signature, body)
     ("bft_srdhm", "int32_t bft_srdhm(int32_t a, int32_t b)", "return bf_srdhm(a, b);"),
@@ -73,6 +81,9 @@ _SHIM_FUNCTIONS: tuple[tuple[str, str, str], ...] = (
      "return bf_one_over_one_plus_x_for_x_in_0_1(a);"),
     ("bft_get_reciprocal", "int32_t bft_get_reciprocal(int32_t x, int digits, int *bits)",
      "return bf_get_reciprocal(x, digits, bits);"),
+    ("bft_popcount_portable", "int32_t bft_popcount_portable(uint32_t x)",
+     "return bf_popcount32_portable(x);"),
+    ("bft_popcount", "int32_t bft_popcount(uint32_t x)", "return bf_popcount32(x);"),
 )
 
 
@@ -109,22 +120,34 @@ def variant_flags(variant: str) -> tuple[str, ...]:
     return isa.variant_cflags(variant, isa.host_target())
 
 
-def cdef_source() -> str:
-    """The part of bf_kernels.h cffi parses: preprocessor lines removed, constants inlined."""
-    text = HEADER.read_text()
+def public_headers() -> list[Path]:
+    """bf_kernels.h, then the format headers it includes from kernels/include, in its order."""
+    names = re.findall(r'^#include\s+"(bf_\w+\.h)"', HEADER.read_text(), flags=re.M)
+    return [HEADER, *(INCLUDE_DIR / n for n in names if (INCLUDE_DIR / n).is_file())]
+
+
+def cdef_region(header: Path) -> str:
+    """The part of one header cffi parses (between BF_CDEF_BEGIN and BF_CDEF_END): preprocessor
+    lines removed, the header's integer constants inlined."""
+    text = header.read_text()
     begin, end = text.index("/* BF_CDEF_BEGIN"), text.index("/* BF_CDEF_END */")
     region = text[text.index("\n", begin) + 1 : text.rindex("\n", 0, end)]
-    defines = dict(re.findall(r"^#define\s+(\w+)\s+(\d+)\s*$", region, flags=re.M))
-    lines = [ln for ln in region.splitlines() if not ln.lstrip().startswith("#")]
-    body = "\n".join(lines)
+    defines = dict(re.findall(r"^#define\s+(\w+)\s+(\d+)\s*$", text, flags=re.M))
+    body = "\n".join(ln for ln in region.splitlines() if not ln.lstrip().startswith("#"))
     for name, value in defines.items():
         body = re.sub(rf"\b{name}\b", value, body)
     return body
 
 
+def cdef_source() -> str:
+    """What cffi parses: the cdef regions of every public kernel header (:func:`public_headers`)."""
+    return "\n".join(cdef_region(h) for h in public_headers())
+
+
 def _shim_source() -> str:
     funcs = "\n".join(f"{sig} {{ {body} }}" for _, sig, body in _SHIM_FUNCTIONS)
-    return f'#include <stdint.h>\n#include "bf_fixedpoint.h"\n{funcs}\n'
+    includes = "".join(f'#include "{h}"\n' for h in _SHIM_HEADERS)
+    return f"#include <stdint.h>\n{includes}{funcs}\n"
 
 
 def sanitize_requested() -> bool:
@@ -172,6 +195,8 @@ class KernelLibrary:
         return self.ffi.new(f"{kcall.params_type} *", init), keep
 
     def _field(self, value: object, keep: list[Any]) -> Any:
+        if value is None:
+            return self.ffi.NULL
         if isinstance(value, Struct):
             return {name: self._field(v, keep) for name, v in value.fields}
         if isinstance(value, ConstArray):
@@ -278,22 +303,22 @@ class _Guarded:
         return self.data.copy().view(self.dtype).reshape(tuple(shape))
 
 
-_LIBRARIES: dict[tuple[str, bool, tuple[str, ...]], KernelLibrary] = {}
+_LIBRARIES: dict[tuple[str, bool, tuple[str, ...], tuple[str, ...]], KernelLibrary] = {}
 
 
 def build_library(variant: str = "ref", sanitize: bool | None = None,
-                  extra_flags: Sequence[str] | None = None) -> KernelLibrary:
+                  extra_flags: Sequence[str] | None = None, defines: Sequence[str] = ()) -> KernelLibrary:
     """Compile (or reuse) and open one kernel variant; cached for the whole session.
 
     ``extra_flags``: ISA flags to build with instead of :func:`variant_flags` (e.g. a lower x86
-    level than this CPU allows)."""
+    level than this CPU allows); ``defines`` (``NAME`` or ``NAME=VALUE``) build an alternative."""
     san = sanitize_active() if sanitize is None else sanitize
     isa_flags = tuple(variant_flags(variant) if extra_flags is None else extra_flags)
-    key = (variant, san, isa_flags)
+    key = (variant, san, isa_flags, tuple(defines))
     if key in _LIBRARIES:
         return _LIBRARIES[key]
     sources = variant_sources(variant)
-    flags = [*CFLAGS, *isa_flags, *(SANITIZE_FLAGS if san else ())]
+    flags = [*CFLAGS, *isa_flags, *(SANITIZE_FLAGS if san else ()), *(f"-D{d}" for d in defines)]
     includes = [f"-I{INCLUDE_DIR}", f"-I{KERNELS_DIR / variant}", f"-I{REF_DIR}"]
     shim = _shim_source()
     digest = hashlib.sha256()
@@ -361,3 +386,41 @@ def run_sanitized_pytest(test_file: str, extra_args: Sequence[str] = ()) -> tupl
                               cwd=str(KERNELS_DIR.parent.parent))
         reports = "".join(f.read_text(errors="replace") for f in sorted(Path(logs).iterdir()))
     return proc, reports
+
+
+def delegated() -> bool:
+    """The sanitized kernel tests were asked for and run in a child, not in this process."""
+    return sanitize_requested() and not asan_loaded()
+
+
+# Kernel tests: run here, unless a sanitized child runs them.
+in_process = pytest.mark.skipif(delegated(), reason="runs in the sanitized child process")
+# The one test that starts the sanitized child.
+delegating = pytest.mark.skipif(not delegated(),
+                                reason="set BOARDFIT_SANITIZE=1 to run the kernels under sanitizers")
+
+
+def check_sanitized(test_file: str, selection: str) -> None:
+    """Run the tests of ``test_file`` matching ``-k selection`` under ASan/UBSan in a child
+    process; fail with its output and the sanitizer reports unless they all pass."""
+    if asan_runtime() is None:
+        pytest.skip(f"{CC} has no AddressSanitizer runtime")
+    proc, log = run_sanitized_pytest(test_file, ["-k", selection])
+    report = (proc.stdout + proc.stderr)[-4000:] + log[:6000]
+    assert proc.returncode == 0, f"sanitized kernel tests failed (exit {proc.returncode}):\n{report}"
+    assert " passed" in proc.stdout, report
+
+
+def check_cross_compile(sources: Sequence[Path], flags: Sequence[str]) -> None:
+    """Compile each kernel source with ``arm-none-eabi-gcc`` and ``flags`` (``-mcpu=…``) under
+    ``-std=c99 -Wall -Wextra -Werror -O2``; skip when the compiler is not installed."""
+    import shutil
+
+    cc = shutil.which("arm-none-eabi-gcc")
+    if cc is None:
+        pytest.skip("arm-none-eabi-gcc is not installed")
+    for src in sources:
+        cmd = [cc, *flags, "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", f"-I{INCLUDE_DIR}",
+               f"-I{src.parent}", f"-I{REF_DIR}", "-c", str(src), "-o", os.devnull]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"

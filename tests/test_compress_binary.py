@@ -11,8 +11,6 @@ ASan/UBSan, where a signed overflow in a kernel aborts.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,7 +26,6 @@ from binlr_support import (
     conv_case,
     fc_case,
     float_accuracy,
-    format_library,
     run_model,
 )
 
@@ -40,19 +37,10 @@ from toolkit.errors import CompressionError
 from toolkit.model.ir import Activation, Graph, Padding
 from toolkit.model.tflite import load_model
 
-_DELEGATED = kh.sanitize_requested() and not kh.asan_loaded()
-in_process = pytest.mark.skipif(_DELEGATED, reason="runs in the sanitized child process")
-
-_POPCOUNT_SHIM = (
-    '#include <stdint.h>\n#include "bf_popcount.h"\n'
-    "int32_t bft_popcount_portable(uint32_t x) { return bf_popcount32_portable(x); }\n"
-    "int32_t bft_popcount(uint32_t x) { return bf_popcount32(x); }\n")
-_POPCOUNT_CDEF = ("int32_t bft_popcount_portable(uint32_t x);", "int32_t bft_popcount(uint32_t x);")
-
+in_process = kh.in_process
 
 def _library(variant: str = "ref", builtin: bool = False) -> kh.KernelLibrary:
-    return format_library(("binary",), ("bf_binary.h",), variant,
-                          ("BF_USE_BUILTIN_POPCOUNT",) if builtin else (), _POPCOUNT_SHIM, _POPCOUNT_CDEF)
+    return kh.build_library(variant, defines=("BF_USE_BUILTIN_POPCOUNT",) if builtin else ())
 
 
 @pytest.fixture(params=kh.variants())
@@ -152,23 +140,12 @@ def test_popcount_variants_agree(rng: np.random.Generator) -> None:
                                    ["-mcpu=cortex-m0plus", "-mthumb", "-DBF_USE_BUILTIN_POPCOUNT"]],
                          ids=["m4", "m0plus", "m0plus-builtin"])
 def test_binary_kernels_cross_compile(flags: list[str]) -> None:
-    cc = shutil.which("arm-none-eabi-gcc")
-    if cc is None:
-        pytest.skip("arm-none-eabi-gcc is not installed")
-    cmd = [cc, *flags, "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", f"-I{kh.INCLUDE_DIR}",
-           f"-I{kh.REF_DIR}", "-c", str(kh.REF_DIR / "binary.c"), "-o", "/dev/null"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
+    kh.check_cross_compile([kh.REF_DIR / "binary.c"], flags)
 
 
-@pytest.mark.skipif(not _DELEGATED, reason="set BOARDFIT_SANITIZE=1 to run the kernels under sanitizers")
+@kh.delegating
 def test_binary_kernels_under_asan_and_ubsan() -> None:
-    if kh.asan_runtime() is None:
-        pytest.skip(f"{kh.CC} has no AddressSanitizer runtime")
-    proc, log = kh.run_sanitized_pytest(__file__, ["-k", "kernel or popcount"])
-    report = (proc.stdout + proc.stderr)[-4000:] + log[:6000]
-    assert proc.returncode == 0, f"sanitized binary kernel tests failed:\n{report}"
-    assert " passed" in proc.stdout, report
+    kh.check_sanitized(__file__, "kernel or popcount")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,8 +11,6 @@ reruns the kernel tests under ASan/UBSan.
 from __future__ import annotations
 
 import itertools
-import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,7 +26,6 @@ from binlr_support import (
     conv_case,
     fc_case,
     float_accuracy,
-    format_library,
     run_model,
 )
 
@@ -40,13 +37,12 @@ from toolkit.errors import CompressionError
 from toolkit.model.ir import Activation, Graph, Padding
 from toolkit.model.tflite import load_model
 
-_DELEGATED = kh.sanitize_requested() and not kh.asan_loaded()
-in_process = pytest.mark.skipif(_DELEGATED, reason="runs in the sanitized child process")
+in_process = kh.in_process
 
 
 @pytest.fixture(params=kh.variants())
 def lib(request: pytest.FixtureRequest) -> kh.KernelLibrary:
-    return format_library(("lowrank",), ("bf_lowrank.h",), request.param)
+    return kh.build_library(request.param)
 
 
 @dataclass(frozen=True)
@@ -120,23 +116,12 @@ def test_without_calibration_matches_kernel(lib: kh.KernelLibrary, scheme: str,
 @pytest.mark.cross
 @pytest.mark.parametrize("cpu", ["cortex-m4", "cortex-m0plus"])
 def test_lowrank_kernels_cross_compile(cpu: str) -> None:
-    cc = shutil.which("arm-none-eabi-gcc")
-    if cc is None:
-        pytest.skip("arm-none-eabi-gcc is not installed")
-    cmd = [cc, f"-mcpu={cpu}", "-mthumb", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2",
-           f"-I{kh.INCLUDE_DIR}", f"-I{kh.REF_DIR}", "-c", str(kh.REF_DIR / "lowrank.c"), "-o", "/dev/null"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
+    kh.check_cross_compile([kh.REF_DIR / "lowrank.c"], [f"-mcpu={cpu}", "-mthumb"])
 
 
-@pytest.mark.skipif(not _DELEGATED, reason="set BOARDFIT_SANITIZE=1 to run the kernels under sanitizers")
+@kh.delegating
 def test_lowrank_kernels_under_asan_and_ubsan() -> None:
-    if kh.asan_runtime() is None:
-        pytest.skip(f"{kh.CC} has no AddressSanitizer runtime")
-    proc, log = kh.run_sanitized_pytest(__file__, ["-k", "kernel"])
-    report = (proc.stdout + proc.stderr)[-4000:] + log[:6000]
-    assert proc.returncode == 0, f"sanitized low-rank kernel tests failed:\n{report}"
-    assert " passed" in proc.stdout, report
+    kh.check_sanitized(__file__, "kernel")
 
 
 # ---------------------------------------------------------------------------------------------

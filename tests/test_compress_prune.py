@@ -18,19 +18,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
-import subprocess
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cffi
 import kernel_harness as kh
 import numpy as np
 import pytest
-from opgen import GraphBuilder, bias_quant, rand_bias, rand_input, rand_per_channel, rand_quant, rand_weights
+from compress_cases import Builder, compress, conv, dw, fc
+from opgen import rand_input
 
 from firmware_gen.lower import ConstArray, Struct
 from toolkit.compress import huffman as hf
@@ -48,18 +44,13 @@ from toolkit.compress.registry import get_method
 from toolkit.datasets import load_dataset
 from toolkit.model.ir import (
     Activation,
-    Conv2DOptions,
-    DepthwiseConv2DOptions,
-    FullyConnectedOptions,
     Graph,
     Padding,
 )
 from toolkit.model.tflite import read_tflite
 from toolkit.oracle import Oracle
-from toolkit.oracle.padding import out_size
 
-_DELEGATED = kh.sanitize_requested() and not kh.asan_loaded()
-in_process = pytest.mark.skipif(_DELEGATED, reason="runs in the sanitized child process")
+in_process = kh.in_process
 
 MODELS = Path(__file__).parent.parent / "examples" / "models"
 SPARSE_HEADER = kh.INCLUDE_DIR / "bf_sparse.h"
@@ -67,55 +58,7 @@ _FAMILIES = ("sparse", "huffman")
 
 
 # ---------------------------------------------------------------------------------------------
-# The kernel library: sparse.c and huffman.c of one variant (ref as fallback), cdef of
-# bf_kernels.h plus bf_sparse.h.  Params fields that are None (a NULL codebook) become NULL.
-
-
-class _Library(kh.KernelLibrary):
-    def _field(self, value: object, keep: list[Any]) -> Any:
-        if value is None:
-            return self.ffi.NULL
-        return super()._field(value, keep)
-
-
-def _cdef_region(path: Path) -> str:
-    text = path.read_text()
-    begin, end = text.index("/* BF_CDEF_BEGIN"), text.index("/* BF_CDEF_END */")
-    region = text[text.index("\n", begin) + 1 : text.rindex("\n", 0, end)]
-    return "\n".join(ln for ln in region.splitlines() if not ln.lstrip().startswith("#"))
-
-
-_LIBS: dict[tuple[str, bool], _Library] = {}
-
-
-def sparse_library(variant: str) -> _Library:
-    san = kh.sanitize_active()
-    if (variant, san) in _LIBS:
-        return _LIBS[(variant, san)]
-    sources = []
-    for fam in _FAMILIES:
-        own = kh.KERNELS_DIR / variant / f"{fam}.c"
-        sources.append(own if own.exists() else kh.REF_DIR / f"{fam}.c")
-    flags = [*kh.CFLAGS, *(kh.SANITIZE_FLAGS if san else ())]
-    includes = [f"-I{kh.INCLUDE_DIR}", f"-I{kh.KERNELS_DIR / variant}", f"-I{kh.REF_DIR}"]
-    digest = hashlib.sha256(" ".join(flags).encode())
-    for f in [*sorted(kh.INCLUDE_DIR.glob("*.h")), *sorted(kh.REF_DIR.glob("*.h")), *sources]:
-        digest.update(f.name.encode() + f.read_bytes())
-    out = Path(tempfile.gettempdir()) / "boardfit-kernels" / f"sparse-{variant}-{digest.hexdigest()[:16]}"
-    so = out / ("lib_san.so" if san else "lib.so")
-    if not so.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = so.with_suffix(f".{id(out)}.tmp")
-        cmd = [kh.CC, *flags, *includes, *map(str, sources), "-o", str(tmp), "-lm"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
-        tmp.replace(so)
-    ffi = cffi.FFI()
-    ffi.cdef(kh.cdef_source())
-    ffi.cdef(_cdef_region(SPARSE_HEADER))
-    lib = _Library(variant, so, san, ffi, ffi.dlopen(str(so)))
-    _LIBS[(variant, san)] = lib
-    return lib
+# The kernel library of one variant (tests/kernel_harness.py): its own sparse.c / huffman.c, or ref's.
 
 
 def _own_variants() -> tuple[str, ...]:
@@ -125,74 +68,23 @@ def _own_variants() -> tuple[str, ...]:
 
 
 @pytest.fixture(params=_own_variants())
-def lib(request: pytest.FixtureRequest) -> _Library:
-    return sparse_library(request.param)
+def lib(request: pytest.FixtureRequest) -> kh.KernelLibrary:
+    return kh.build_library(request.param)
 
 
 # ---------------------------------------------------------------------------------------------
 # Single-layer graphs.
 
-Builder = Callable[[np.random.Generator], Graph]
-
-
-def _fc(batch: int, depth: int, units: int, act: Activation = Activation.NONE) -> Builder:
-    def build(rng: np.random.Generator) -> Graph:
-        b = GraphBuilder("fc")
-        x = b.input((batch, depth), "int8", quant=rand_quant(rng, -2, 2))
-        wq = rand_per_channel(rng, units)
-        w = b.const(rand_weights(rng, (units, depth)), quant=wq)
-        bias = b.const(rand_bias(rng, units), quant=bias_quant(b.quant(x), wq))
-        y = b.output((batch, units), "int8", quant=rand_quant(rng, -6, 6))
-        b.op("FULLY_CONNECTED", [x, w, bias], [y], FullyConnectedOptions(act))
-        return b.build()
-    return build
-
-
-def _conv(shape: tuple[int, int, int, int], oc: int, k: tuple[int, int], stride: tuple[int, int] = (1, 1),
-          dil: tuple[int, int] = (1, 1), padding: Padding = Padding.SAME, groups: int = 1,
-          act: Activation = Activation.NONE, bias: bool = True) -> Builder:
-    def build(rng: np.random.Generator) -> Graph:
-        n, h, w, c = shape
-        oh, ow = out_size(padding, h, k[0], stride[0], dil[0]), out_size(padding, w, k[1], stride[1], dil[1])
-        b = GraphBuilder("conv")
-        x = b.input(shape, "int8", quant=rand_quant(rng, -2, 2))
-        wq = rand_per_channel(rng, oc)
-        wt = b.const(rand_weights(rng, (oc, *k, c // groups)), quant=wq)
-        bt = b.const(rand_bias(rng, oc), quant=bias_quant(b.quant(x), wq)) if bias else -1
-        y = b.output((n, oh, ow, oc), "int8", quant=rand_quant(rng, -6, 6))
-        b.op("CONV_2D", [x, wt, bt], [y], Conv2DOptions(padding, *stride, *dil, act))
-        return b.build()
-    return build
-
-
-def _dw(shape: tuple[int, int, int, int], mult: int, k: tuple[int, int], stride: tuple[int, int] = (1, 1),
-        dil: tuple[int, int] = (1, 1), padding: Padding = Padding.SAME,
-        act: Activation = Activation.NONE) -> Builder:
-    def build(rng: np.random.Generator) -> Graph:
-        n, h, w, c = shape
-        oc = c * mult
-        oh, ow = out_size(padding, h, k[0], stride[0], dil[0]), out_size(padding, w, k[1], stride[1], dil[1])
-        b = GraphBuilder("dw")
-        x = b.input(shape, "int8", quant=rand_quant(rng, -2, 2))
-        wq = rand_per_channel(rng, oc, axis=3)
-        wt = b.const(rand_weights(rng, (1, *k, oc)), quant=wq)
-        bt = b.const(rand_bias(rng, oc), quant=bias_quant(b.quant(x), wq))
-        y = b.output((n, oh, ow, oc), "int8", quant=rand_quant(rng, -6, 6))
-        b.op("DEPTHWISE_CONV_2D", [x, wt, bt], [y], DepthwiseConv2DOptions(padding, *stride, mult, *dil, act))
-        return b.build()
-    return build
-
-
 LAYERS: dict[str, Builder] = {
-    "fc_1x1": _fc(1, 1, 1),
-    "fc_odd": _fc(3, 37, 13, Activation.RELU),
-    "fc_long_rows": _fc(2, 613, 5),
-    "conv_3x3_same": _conv((2, 7, 5, 3), 5, (3, 3)),
-    "conv_stride_dil": _conv((1, 9, 11, 4), 6, (3, 2), (2, 1), (1, 2), Padding.VALID, act=Activation.RELU6),
-    "conv_groups": _conv((1, 5, 5, 6), 4, (3, 3), (2, 2), groups=2),
-    "conv_1x1_nobias": _conv((1, 4, 3, 17), 3, (1, 1), bias=False),
-    "dw_3x3": _dw((2, 6, 7, 5), 1, (3, 3)),
-    "dw_mult_stride": _dw((1, 9, 8, 3), 2, (3, 3), (2, 2), act=Activation.RELU),
+    "fc_1x1": fc(1, 1, 1),
+    "fc_odd": fc(3, 37, 13, Activation.RELU),
+    "fc_long_rows": fc(2, 613, 5),
+    "conv_3x3_same": conv((2, 7, 5, 3), 5, (3, 3)),
+    "conv_stride_dil": conv((1, 9, 11, 4), 6, (3, 2), (2, 1), (1, 2), Padding.VALID, act=Activation.RELU6),
+    "conv_groups": conv((1, 5, 5, 6), 4, (3, 3), (2, 2), groups=2),
+    "conv_1x1_nobias": conv((1, 4, 3, 17), 3, (1, 1), bias=False),
+    "dw_3x3": dw((2, 6, 7, 5), 1, (3, 3)),
+    "dw_mult_stride": dw((1, 9, 8, 3), 2, (3, 3), (2, 2), act=Activation.RELU),
 }
 
 # (bits, index_bits) pairs sampled so that every b and every k occurs, plus the automatic k.
@@ -211,21 +103,6 @@ SETTINGS: list[Setting] = [
 ]
 
 
-def _calibration(g: Graph, rng: np.random.Generator, n: int = 6) -> Calibration:
-    x_t, y_t = g.tensors[g.inputs[0]], g.tensors[g.outputs[0]]
-    xs = np.stack([rand_input(rng, x_t) for _ in range(n)])
-    oracle = Oracle(g)
-    ys = np.stack([oracle.run([x]).outputs[0] for x in xs])
-    return Calibration(xs.reshape((-1, *x_t.shape[1:])), ys.reshape((-1, *y_t.shape[1:])))
-
-
-def _compress(g: Graph, setting: Setting, rng: np.random.Generator,
-              calibrate: bool = True) -> tuple[Any, LayerRef, CompressedLayer]:
-    layer = LayerRef(g, g.ops[0])
-    method = get_method(setting.method)
-    return method, layer, method.apply(layer, setting, _calibration(g, rng) if calibrate else None)
-
-
 def _params(call_params: Any) -> dict[str, Any]:
     return dict(call_params)
 
@@ -238,7 +115,7 @@ def _params(call_params: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("case", ["fc_odd", "conv_groups", "dw_mult_stride", "fc_long_rows"])
 def test_option_bytes_are_the_call_bytes(case: str, setting: Setting, rng: np.random.Generator) -> None:
     g = LAYERS[case](rng)
-    method, layer, cl = _compress(g, setting, rng)
+    method, layer, cl = compress(g, setting, rng)
     option = method.option(layer, setting)
     assert cl.option == option
     arrays = [a for _, v in cl.call.params for a in const_arrays(v)]
@@ -263,7 +140,7 @@ def test_stream_is_the_format_bytes(rng: np.random.Generator) -> None:
     bytes as plain_stream_bytes says, decoding to the int8 weights the forward uses."""
     g = LAYERS["fc_long_rows"](rng)
     setting = Setting.of("prune", sparsity=0.9, bits=8, index_bits=3)
-    _, layer, cl = _compress(g, setting, rng, calibrate=False)
+    _, layer, cl = compress(g, setting, rng, calibrate=False)
     data, layout = _stored_stream(cl)
     w = layer.weight.data
     assert w is not None
@@ -302,7 +179,7 @@ def test_settings_are_checked() -> None:
 # numpy forward == C kernel.
 
 
-def _run_kernel(lib: _Library, cl: CompressedLayer, g: Graph, x: np.ndarray) -> np.ndarray:
+def _run_kernel(lib: kh.KernelLibrary, cl: CompressedLayer, g: Graph, x: np.ndarray) -> np.ndarray:
     x_t, y_t = g.tensors[g.inputs[0]], g.tensors[g.outputs[0]]
     return lib.call(cl.call, g, {x_t.index: x})[y_t.index]
 
@@ -310,9 +187,10 @@ def _run_kernel(lib: _Library, cl: CompressedLayer, g: Graph, x: np.ndarray) -> 
 @in_process
 @pytest.mark.parametrize("setting", SETTINGS, ids=[s.label for s in SETTINGS])
 @pytest.mark.parametrize("case", sorted(LAYERS))
-def test_forward_equals_kernel(lib: _Library, case: str, setting: Setting, rng: np.random.Generator) -> None:
+def test_forward_equals_kernel(lib: kh.KernelLibrary, case: str, setting: Setting,
+                               rng: np.random.Generator) -> None:
     g = LAYERS[case](rng)
-    _, _, cl = _compress(g, setting, rng)
+    _, _, cl = compress(g, setting, rng)
     assert lib.has(cl.call.symbol), cl.call.symbol
     assert lib.scratch_bytes(cl.call) == cl.call.scratch_bytes
     x_t, y_t = g.tensors[g.inputs[0]], g.tensors[g.outputs[0]]
@@ -324,7 +202,8 @@ def test_forward_equals_kernel(lib: _Library, case: str, setting: Setting, rng: 
 
 
 @in_process
-def test_c_huffman_decoder_reproduces_the_plain_stream(lib: _Library, rng: np.random.Generator) -> None:
+def test_c_huffman_decoder_reproduces_the_plain_stream(lib: kh.KernelLibrary,
+                                                       rng: np.random.Generator) -> None:
     for density, k, b in ((0.05, 2, 3), (0.3, 4, 4), (0.9, 8, 8), (0.0, 3, 2), (0.01, 5, 7)):
         mask = rng.random((11, 257)) < density
         codes = rng.integers(0, 1 << b, size=mask.shape)
@@ -347,11 +226,11 @@ def test_c_huffman_decoder_reproduces_the_plain_stream(lib: _Library, rng: np.ra
 
 
 @in_process
-def test_boot_kernel_decodes_once(lib: _Library, rng: np.random.Generator) -> None:
+def test_boot_kernel_decodes_once(lib: kh.KernelLibrary, rng: np.random.Generator) -> None:
     """The boot kernel's persistent buffer: decoded on the first call, reused afterwards (a
     corrupted Huffman stream no longer matters once the table is in RAM)."""
     g = LAYERS["fc_odd"](rng)
-    _, _, cl = _compress(g, Setting.of("prune", sparsity=0.7, bits=4, huffman="boot"), rng)
+    _, _, cl = compress(g, Setting.of("prune", sparsity=0.7, bits=4, huffman="boot"), rng)
     p, keep = lib.params(cl.call)
     ffi = lib.ffi
     buf = ffi.new("uint8_t[]", cl.call.scratch_bytes)
@@ -588,35 +467,20 @@ _ARM_FLAGS = {
 @pytest.mark.cross
 @pytest.mark.parametrize("cpu", sorted(_ARM_FLAGS))
 def test_sparse_kernels_cross_compile(cpu: str) -> None:
-    import shutil
-
-    cc = shutil.which("arm-none-eabi-gcc")
-    if cc is None:
-        pytest.skip("arm-none-eabi-gcc is not installed")
-    for fam in _FAMILIES:
-        cmd = [cc, *_ARM_FLAGS[cpu], "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2",
-               f"-I{kh.INCLUDE_DIR}", f"-I{kh.REF_DIR}", "-c", str(kh.REF_DIR / f"{fam}.c"),
-               "-o", "/dev/null"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
+    kh.check_cross_compile([kh.REF_DIR / f"{fam}.c" for fam in _FAMILIES], _ARM_FLAGS[cpu])
 
 
 def test_header_declares_every_kernel_symbol() -> None:
-    text = re.sub(r"/\*.*?\*/", " ", _cdef_region(SPARSE_HEADER), flags=re.S)
+    text = re.sub(r"/\*.*?\*/", " ", kh.cdef_region(SPARSE_HEADER), flags=re.S)
     declared = set(re.findall(r"\bvoid\s+(bf_\w+)\s*\(", text))
     for op in ("fully_connected", "conv2d", "depthwise_conv2d"):
         for fmt in ("sparse", "sparse_huff", "sparse_hboot", "nm"):
             assert f"bf_{op}_{fmt}_s8" in declared
 
 
-@pytest.mark.skipif(not _DELEGATED, reason="set BOARDFIT_SANITIZE=1 to run the kernels under sanitizers")
+@kh.delegating
 def test_sparse_kernels_under_asan_and_ubsan() -> None:
-    if kh.asan_runtime() is None:
-        pytest.skip(f"{kh.CC} has no AddressSanitizer runtime")
-    proc, sanitizer_log = kh.run_sanitized_pytest(__file__, ["-k", "kernel or forward or decoder"])
-    report = (proc.stdout + proc.stderr)[-4000:] + sanitizer_log[:6000]
-    assert proc.returncode == 0, f"sanitized sparse kernel tests failed (exit {proc.returncode}):\n{report}"
-    assert " passed" in proc.stdout, report
+    kh.check_sanitized(__file__, "kernel or forward or decoder")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -643,7 +507,7 @@ def test_kernels_match_forward_on_cortex_m4(rng: np.random.Generator) -> None:
         g = LAYERS[case](rng)
         x_t = g.tensors[g.inputs[0]]
         for s in settings:
-            _, _, cl = _compress(g, s, rng)
+            _, _, cl = compress(g, s, rng)
             x = rand_input(rng, x_t)
             calls.append(m4_harness.M4Call(f"{case}/{s.label}", cl.call, g, x))
             wants.append(cl.forward(x.reshape((-1, *x_t.shape[1:]))).reshape(-1))

@@ -15,18 +15,13 @@ tests/test_kernels_ref.py does.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import re
-import subprocess
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
-import cffi
 import kernel_harness as kh
 import numpy as np
 import pytest
-from opgen import GraphBuilder, bias_quant, rand_bias, rand_input, rand_per_channel, rand_quant, rand_weights
+from compress_cases import Builder, compress, conv, dw, fc
+from opgen import rand_input
 
 from firmware_gen.lower import ConstArray, lower_op
 from toolkit.compress.base import (
@@ -42,144 +37,41 @@ from toolkit.compress.registry import get_method
 from toolkit.datasets import load_dataset
 from toolkit.model.ir import (
     Activation,
-    Conv2DOptions,
-    DepthwiseConv2DOptions,
-    FullyConnectedOptions,
     Graph,
     Padding,
 )
 from toolkit.model.tflite import read_tflite
 from toolkit.oracle import Oracle
-from toolkit.oracle.padding import out_size
 from toolkit.oracle.profile import Arithmetic
 
-_DELEGATED = kh.sanitize_requested() and not kh.asan_loaded()
-in_process = pytest.mark.skipif(_DELEGATED, reason="runs in the sanitized child process")
+in_process = kh.in_process
 
 MODELS = Path(__file__).parent.parent / "examples" / "models"
-PACKED_HEADER = kh.INCLUDE_DIR / "bf_packed.h"
-# The kernel families these tests call: the compressed formats and the dense int8 kernels.
-_FAMILIES = ("packed", "fully_connected", "conv", "depthwise_conv")
 
 
 # ---------------------------------------------------------------------------------------------
-# The kernel library: the families above of one variant (ref as fallback), with the cdef of
-# bf_kernels.h plus bf_packed.h.
-
-
-def _cdef_region(path: Path) -> str:
-    text = path.read_text()
-    begin, end = text.index("/* BF_CDEF_BEGIN"), text.index("/* BF_CDEF_END */")
-    region = text[text.index("\n", begin) + 1 : text.rindex("\n", 0, end)]
-    return "\n".join(ln for ln in region.splitlines() if not ln.lstrip().startswith("#"))
-
-
-_LIBS: dict[tuple[str, bool], kh.KernelLibrary] = {}
-
-
-def packed_library(variant: str) -> kh.KernelLibrary:
-    san = kh.sanitize_active()
-    if (variant, san) in _LIBS:
-        return _LIBS[(variant, san)]
-    sources = []
-    for fam in _FAMILIES:
-        own = kh.KERNELS_DIR / variant / f"{fam}.c"
-        sources.append(own if own.exists() else kh.REF_DIR / f"{fam}.c")
-    flags = [*kh.CFLAGS, *(kh.SANITIZE_FLAGS if san else ())]
-    includes = [f"-I{kh.INCLUDE_DIR}", f"-I{kh.KERNELS_DIR / variant}", f"-I{kh.REF_DIR}"]
-    digest = hashlib.sha256(" ".join(flags).encode())
-    for f in [*sorted(kh.INCLUDE_DIR.glob("*.h")), *sorted(kh.REF_DIR.glob("*.h")), *sources]:
-        digest.update(f.name.encode() + f.read_bytes())
-    out = Path(tempfile.gettempdir()) / "boardfit-kernels" / f"packed-{variant}-{digest.hexdigest()[:16]}"
-    so = out / ("lib_san.so" if san else "lib.so")
-    if not so.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = so.with_suffix(f".{id(out)}.tmp")
-        cmd = [kh.CC, *flags, *includes, *map(str, sources), "-o", str(tmp), "-lm"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
-        tmp.replace(so)
-    ffi = cffi.FFI()
-    ffi.cdef(kh.cdef_source())
-    body = _cdef_region(PACKED_HEADER)
-    for name, value in re.findall(r"^#define\s+(\w+)\s+(\d+)\s*$", PACKED_HEADER.read_text(), flags=re.M):
-        body = re.sub(rf"\b{name}\b", value, body)
-    ffi.cdef(body)
-    lib = kh.KernelLibrary(variant, so, san, ffi, ffi.dlopen(str(so)))
-    _LIBS[(variant, san)] = lib
-    return lib
+# The kernel library of each variant this machine runs (tests/kernel_harness.py).
 
 
 @pytest.fixture(params=kh.variants())
 def lib(request: pytest.FixtureRequest) -> kh.KernelLibrary:
-    return packed_library(request.param)
+    return kh.build_library(request.param)
 
 
 # ---------------------------------------------------------------------------------------------
 # Single-layer graphs.
 
-Builder = Callable[[np.random.Generator], Graph]
-
-
-def _fc(batch: int, depth: int, units: int, act: Activation = Activation.NONE) -> Builder:
-    def build(rng: np.random.Generator) -> Graph:
-        b = GraphBuilder("fc")
-        x = b.input((batch, depth), "int8", quant=rand_quant(rng, -2, 2))
-        wq = rand_per_channel(rng, units)
-        w = b.const(rand_weights(rng, (units, depth)), quant=wq)
-        bias = b.const(rand_bias(rng, units), quant=bias_quant(b.quant(x), wq))
-        y = b.output((batch, units), "int8", quant=rand_quant(rng, -6, 6))
-        b.op("FULLY_CONNECTED", [x, w, bias], [y], FullyConnectedOptions(act))
-        return b.build()
-    return build
-
-
-def _conv(shape: tuple[int, int, int, int], oc: int, k: tuple[int, int], stride: tuple[int, int] = (1, 1),
-          dil: tuple[int, int] = (1, 1), padding: Padding = Padding.SAME, groups: int = 1,
-          act: Activation = Activation.NONE, bias: bool = True) -> Builder:
-    def build(rng: np.random.Generator) -> Graph:
-        n, h, w, c = shape
-        oh, ow = out_size(padding, h, k[0], stride[0], dil[0]), out_size(padding, w, k[1], stride[1], dil[1])
-        b = GraphBuilder("conv")
-        x = b.input(shape, "int8", quant=rand_quant(rng, -2, 2))
-        wq = rand_per_channel(rng, oc)
-        wt = b.const(rand_weights(rng, (oc, *k, c // groups)), quant=wq)
-        bt = b.const(rand_bias(rng, oc), quant=bias_quant(b.quant(x), wq)) if bias else -1
-        y = b.output((n, oh, ow, oc), "int8", quant=rand_quant(rng, -6, 6))
-        b.op("CONV_2D", [x, wt, bt], [y], Conv2DOptions(padding, *stride, *dil, act))
-        return b.build()
-    return build
-
-
-def _dw(shape: tuple[int, int, int, int], mult: int, k: tuple[int, int], stride: tuple[int, int] = (1, 1),
-        dil: tuple[int, int] = (1, 1), padding: Padding = Padding.SAME,
-        act: Activation = Activation.NONE) -> Builder:
-    def build(rng: np.random.Generator) -> Graph:
-        n, h, w, c = shape
-        oc = c * mult
-        oh, ow = out_size(padding, h, k[0], stride[0], dil[0]), out_size(padding, w, k[1], stride[1], dil[1])
-        b = GraphBuilder("dw")
-        x = b.input(shape, "int8", quant=rand_quant(rng, -2, 2))
-        wq = rand_per_channel(rng, oc, axis=3)
-        wt = b.const(rand_weights(rng, (1, *k, oc)), quant=wq)
-        bt = b.const(rand_bias(rng, oc), quant=bias_quant(b.quant(x), wq))
-        y = b.output((n, oh, ow, oc), "int8", quant=rand_quant(rng, -6, 6))
-        b.op("DEPTHWISE_CONV_2D", [x, wt, bt], [y], DepthwiseConv2DOptions(padding, *stride, mult, *dil, act))
-        return b.build()
-    return build
-
-
 LAYERS: dict[str, Builder] = {
-    "fc_1x1": _fc(1, 1, 1),
-    "fc_odd": _fc(3, 37, 13, Activation.RELU),
-    "fc_wide": _fc(1, 301, 7),
-    "conv_3x3_same": _conv((2, 7, 5, 3), 5, (3, 3)),
-    "conv_stride_dil": _conv((1, 9, 11, 4), 6, (3, 2), (2, 1), (1, 2), Padding.VALID, act=Activation.RELU6),
-    "conv_groups": _conv((1, 5, 5, 6), 4, (3, 3), (2, 2), groups=2),
-    "conv_1x1_nobias": _conv((1, 4, 3, 17), 3, (1, 1), bias=False),
-    "dw_3x3": _dw((2, 6, 7, 5), 1, (3, 3)),
-    "dw_mult_stride": _dw((1, 9, 8, 3), 2, (3, 3), (2, 2), act=Activation.RELU),
-    "dw_5x1_valid": _dw((1, 7, 6, 4), 1, (5, 1), (1, 1), (1, 2), Padding.VALID),
+    "fc_1x1": fc(1, 1, 1),
+    "fc_odd": fc(3, 37, 13, Activation.RELU),
+    "fc_wide": fc(1, 301, 7),
+    "conv_3x3_same": conv((2, 7, 5, 3), 5, (3, 3)),
+    "conv_stride_dil": conv((1, 9, 11, 4), 6, (3, 2), (2, 1), (1, 2), Padding.VALID, act=Activation.RELU6),
+    "conv_groups": conv((1, 5, 5, 6), 4, (3, 3), (2, 2), groups=2),
+    "conv_1x1_nobias": conv((1, 4, 3, 17), 3, (1, 1), bias=False),
+    "dw_3x3": dw((2, 6, 7, 5), 1, (3, 3)),
+    "dw_mult_stride": dw((1, 9, 8, 3), 2, (3, 3), (2, 2), act=Activation.RELU),
+    "dw_5x1_valid": dw((1, 7, 6, 4), 1, (5, 1), (1, 1), (1, 2), Padding.VALID),
 }
 
 SETTINGS: list[Setting] = [
@@ -193,20 +85,6 @@ SETTINGS: list[Setting] = [
 ]
 
 
-def _calibration(g: Graph, rng: np.random.Generator, n: int = 6) -> Calibration:
-    x_t, y_t = g.tensors[g.inputs[0]], g.tensors[g.outputs[0]]
-    xs = np.stack([rand_input(rng, x_t) for _ in range(n)])
-    oracle = Oracle(g)
-    ys = np.stack([oracle.run([x]).outputs[0] for x in xs])
-    return Calibration(xs.reshape((-1, *x_t.shape[1:])), ys.reshape((-1, *y_t.shape[1:])))
-
-
-def _compress(g: Graph, setting: Setting, rng: np.random.Generator):
-    layer = LayerRef(g, g.ops[0])
-    method = get_method(setting.method)
-    return method, layer, method.apply(layer, setting, _calibration(g, rng))
-
-
 # ---------------------------------------------------------------------------------------------
 # Exact bytes.
 
@@ -215,7 +93,7 @@ def _compress(g: Graph, setting: Setting, rng: np.random.Generator):
 @pytest.mark.parametrize("case", ["fc_odd", "conv_groups", "dw_mult_stride", "conv_1x1_nobias"])
 def test_option_bytes_are_the_call_bytes(case: str, setting: Setting, rng: np.random.Generator) -> None:
     g = LAYERS[case](rng)
-    method, layer, cl = _compress(g, setting, rng)
+    method, layer, cl = compress(g, setting, rng)
     option = method.option(layer, setting)
     assert cl.option == option
     arrays = [a for _, v in cl.call.params for a in const_arrays(v)]
@@ -269,7 +147,7 @@ def test_pack_bits_layout() -> None:
 def test_forward_equals_kernel(lib: kh.KernelLibrary, case: str, setting: Setting,
                                rng: np.random.Generator) -> None:
     g = LAYERS[case](rng)
-    _, _, cl = _compress(g, setting, rng)
+    _, _, cl = compress(g, setting, rng)
     assert lib.has(cl.call.symbol), cl.call.symbol
     x_t, y_t = g.tensors[g.inputs[0]], g.tensors[g.outputs[0]]
     for _ in range(2):
@@ -286,7 +164,7 @@ def test_int8_forward_is_the_oracle(rng: np.random.Generator) -> None:
     oracle's TFLM arithmetic."""
     for case in ("fc_odd", "fc_wide", "conv_stride_dil", "dw_mult_stride"):
         g = LAYERS[case](rng)
-        _, _, cl = _compress(g, Setting.of("int8"), rng)
+        _, _, cl = compress(g, Setting.of("int8"), rng)
         assert not any(name == "scale" for name, _ in cl.call.params), "device FC must not use double"
         oracle = Oracle(g, profile=Arithmetic.TFLM)
         for _ in range(3):
@@ -305,8 +183,8 @@ def test_quant8_of_full_range_int8_weights_is_lossless(rng: np.random.Generator)
     tensors = list(g.tensors)
     tensors[wt.index] = dataclasses.replace(wt, data=w)
     g = dataclasses.replace(g, tensors=tuple(tensors))
-    _, _, cl = _compress(g, Setting.of("quant", bits=8, recover=False), rng)
-    assert np.array_equal(cl.export_weights, w)
+    _, _, cl = compress(g, Setting.of("quant", bits=8, recover=False), rng)
+    assert cl.export_weights is not None and np.array_equal(cl.export_weights, w)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,11 +243,6 @@ def test_settings_are_checked() -> None:
 # Sanitizers.
 
 
-@pytest.mark.skipif(not _DELEGATED, reason="set BOARDFIT_SANITIZE=1 to run the kernels under sanitizers")
+@kh.delegating
 def test_packed_kernels_under_asan_and_ubsan() -> None:
-    if kh.asan_runtime() is None:
-        pytest.skip(f"{kh.CC} has no AddressSanitizer runtime")
-    proc, sanitizer_log = kh.run_sanitized_pytest(__file__, ["-k", "kernel or forward"])
-    report = (proc.stdout + proc.stderr)[-4000:] + sanitizer_log[:6000]
-    assert proc.returncode == 0, f"sanitized kernel tests failed (exit {proc.returncode}):\n{report}"
-    assert " passed" in proc.stdout, report
+    kh.check_sanitized(__file__, "kernel or forward")
