@@ -182,20 +182,15 @@ def _neon_conv_scratch(call: KernelCall) -> int:
 
 
 def _dsp_conv_scratch(call: KernelCall) -> int:
-    """armv7em/conv.c: 2 im2col columns of K int16 padded to 4."""
+    """armv7em/conv.c: 2 im2col columns of K int8 padded to 4."""
     k, plain = _conv_k(call)
-    return 2 * 2 * _round_up(k, 4) if plain else 0
-
-
-def _dsp_fc_scratch(call: KernelCall) -> int:
-    """armv7em/fully_connected.c: one input row as int16 (+ input offset), padded to 4."""
-    return 2 * _round_up(int(call.param("depth")), 4)  # type: ignore[arg-type]
+    return 2 * _round_up(k, 4) if plain else 0
 
 
 SCRATCH_RULES.update({
     "x86": {},
     "neon": {"bf_conv2d_s8": _neon_conv_scratch},
-    "armv7em": {"bf_conv2d_s8": _dsp_conv_scratch, "bf_fully_connected_s8": _dsp_fc_scratch},
+    "armv7em": {"bf_conv2d_s8": _dsp_conv_scratch},
     "armv6m": {},
 })
 

@@ -93,15 +93,24 @@ _RELATIVE_INCLUDE = re.compile(rb'^\s*#\s*include\s+"(\.\./[^"]+)"', re.M)
 
 def _with_included(files: dict[str, bytes], root: Any) -> None:
     """Add every file a kernel file includes by a relative path (``#include "../ref/conv.c"``,
-    ``"../opt/…"``): optimized variants include ref's source of the family they replace."""
+    ``"../opt/…"``): optimized variants include ref's source of the family they replace.  An
+    included file's directory also brings its headers (``ref/conv.c`` includes ``bf_ref_util.h``
+    from its own directory)."""
     todo = [p for p in files if p.startswith(KERNELS)]
     while todo:
         path = todo.pop()
         for m in _RELATIVE_INCLUDE.finditer(files[path]):
             rel = os.path.normpath(os.path.join(os.path.dirname(path), m.group(1).decode()))
-            if rel not in files:
-                files[rel] = root.joinpath(os.path.relpath(rel, KERNELS)).read_bytes()
-                todo.append(rel)
+            if rel in files:
+                continue
+            files[rel] = root.joinpath(os.path.relpath(rel, KERNELS)).read_bytes()
+            todo.append(rel)
+            folder = os.path.dirname(rel)
+            for entry in root.joinpath(os.path.relpath(folder, KERNELS)).iterdir():
+                header = f"{folder}/{entry.name}"
+                if entry.name.endswith(".h") and header not in files:
+                    files[header] = entry.read_bytes()
+                    todo.append(header)
 
 
 def _included_only(files: dict[str, bytes]) -> set[str]:

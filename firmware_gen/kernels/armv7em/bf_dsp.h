@@ -45,6 +45,28 @@ static inline uint32_t bf_dsp_sxtb16_ror8(uint32_t x) {
 #endif
 }
 
+/* SXTAB16: a + SXTB16(x) halfword-wise (bytes 0 and 2 of x sign-extended and added). */
+static inline uint32_t bf_dsp_sxtab16(uint32_t a, uint32_t x) {
+#if defined(__ARM_FEATURE_DSP)
+    return (uint32_t)__sxtab16((int32_t)a, (int32_t)x);
+#else
+    return bf_dsp_pack16(bf_dsp_lo16(a) + (int8_t)(uint8_t)(x & 0xFFu),
+                         bf_dsp_hi16(a) + (int8_t)(uint8_t)((x >> 16) & 0xFFu));
+#endif
+}
+
+/* The same on bytes 1 and 3 (SXTAB16 with ROR #8). */
+static inline uint32_t bf_dsp_sxtab16_ror8(uint32_t a, uint32_t x) {
+#if defined(__ARM_FEATURE_DSP)
+    uint32_t r;
+    __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(a), "r"(x));
+    return r;
+#else
+    return bf_dsp_pack16(bf_dsp_lo16(a) + (int8_t)(uint8_t)((x >> 8) & 0xFFu),
+                         bf_dsp_hi16(a) + (int8_t)(uint8_t)(x >> 24));
+#endif
+}
+
 /* SADD16: halfword-wise addition (wrapping). */
 static inline uint32_t bf_dsp_sadd16(uint32_t a, uint32_t b) {
 #if defined(__ARM_FEATURE_DSP)
