@@ -411,6 +411,13 @@ def check_sanitized(test_file: str, selection: str) -> None:
     assert " passed" in proc.stdout, report
 
 
+# The Cortex-M cores every kernel must compile for (issue 5): -mcpu flags by name.
+CORTEX_M_FLAGS: Mapping[str, tuple[str, ...]] = {
+    "cortex-m4": ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),
+    "cortex-m0plus": ("-mcpu=cortex-m0plus", "-mthumb"),
+}
+
+
 def check_cross_compile(sources: Sequence[Path], flags: Sequence[str]) -> None:
     """Compile each kernel source with ``arm-none-eabi-gcc`` and ``flags`` (``-mcpu=…``) under
     ``-std=c99 -Wall -Wextra -Werror -O2``; skip when the compiler is not installed."""

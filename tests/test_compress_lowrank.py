@@ -114,9 +114,9 @@ def test_without_calibration_matches_kernel(lib: kh.KernelLibrary, scheme: str,
 
 @in_process
 @pytest.mark.cross
-@pytest.mark.parametrize("cpu", ["cortex-m4", "cortex-m0plus"])
+@pytest.mark.parametrize("cpu", sorted(kh.CORTEX_M_FLAGS))
 def test_lowrank_kernels_cross_compile(cpu: str) -> None:
-    kh.check_cross_compile([kh.REF_DIR / "lowrank.c"], [f"-mcpu={cpu}", "-mthumb"])
+    kh.check_cross_compile([kh.REF_DIR / "lowrank.c"], kh.CORTEX_M_FLAGS[cpu])
 
 
 @kh.delegating

@@ -457,17 +457,11 @@ def test_channel_pruning_refuses_what_it_cannot_shrink() -> None:
 # Toolchains and sanitizers.
 
 
-_ARM_FLAGS = {
-    "cortex-m4": ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"],
-    "cortex-m0plus": ["-mcpu=cortex-m0plus", "-mthumb"],
-}
-
-
 @in_process
 @pytest.mark.cross
-@pytest.mark.parametrize("cpu", sorted(_ARM_FLAGS))
+@pytest.mark.parametrize("cpu", sorted(kh.CORTEX_M_FLAGS))
 def test_sparse_kernels_cross_compile(cpu: str) -> None:
-    kh.check_cross_compile([kh.REF_DIR / f"{fam}.c" for fam in _FAMILIES], _ARM_FLAGS[cpu])
+    kh.check_cross_compile([kh.REF_DIR / f"{fam}.c" for fam in _FAMILIES], kh.CORTEX_M_FLAGS[cpu])
 
 
 def test_header_declares_every_kernel_symbol() -> None:
