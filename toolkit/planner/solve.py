@@ -14,7 +14,8 @@ Variables: a binary ``x[l, o]`` per option ``o`` of layer ``l`` and a binary ``y
 
 The objective minimises the predicted loss ``Σ loss[l, o] · x`` (plus a negligible tie-break:
 among options of equal loss — a model whose output does not react to a layer — the one that
-changes the layer's output least, then the one with fewer bytes), or, to find
+changes the layer's output least), and then, in a second program constrained to that optimum,
+the flash bytes (so that ties resolve to the smaller mix); or, to find
 the smallest reachable footprint, the flash or the RAM peak.  HiGHS solves it to optimality
 (relative gap 0); the chosen integers are re-checked against the budgets with exact integer
 arithmetic (:func:`evaluate`), and a budget violated by floating-point tolerance is tightened
@@ -29,6 +30,7 @@ import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -41,12 +43,11 @@ log = logging.getLogger(__name__)
 
 OBJECTIVES = ("loss", "flash", "ram")
 # Objective units.  HiGHS stops within an absolute gap of 1e-6, so the loss is scaled up until
-# that gap is far below any loss difference that matters (1e-12 of KL), and the tie-breaks
-# (relative output error ≤ ~1, flash as a fraction of the largest option) weigh less than
-# a loss difference of 1e-6 per layer.
+# that gap is far below any loss difference that matters (1e-12 of KL); the tie-break (relative
+# output error ≤ ~1, capped at 10) weighs less than a loss difference of 1e-6 per layer.
 LOSS_SCALE = 1e6
 TIE_BREAK = 0.1
-FLASH_TIE = 0.1  # within the tie-break
+TIE_SLACK = 1e-6  # stage 2 may not worsen stage 1's objective by more than HiGHS's gap
 
 
 @dataclass(frozen=True)
@@ -198,11 +199,7 @@ class _Milp:
         n = len(self.index)
         code = self.problem.kernel_code
         if self.objective == "loss":
-            scale = max(1.0, *(float(it.flash) for it in self.items))
-            c[:n] = [LOSS_SCALE * it.loss + TIE_BREAK * (min(it.tie, 10.0) + FLASH_TIE * it.flash / scale)
-                     for it in self.items]
-            for k, j in self.kvar.items():
-                c[j] = TIE_BREAK * FLASH_TIE * code[k] / scale
+            c[:n] = self.loss_costs()
         elif self.objective == "flash":
             c[:n] = [it.flash for it in self.items]
             for k, j in self.kvar.items():
@@ -211,8 +208,14 @@ class _Milp:
             c[self.r_var] = 1.0
         return c
 
-    def constraints(self, budgets: Budgets, exclude: Sequence[Sequence[int]] = ()) -> LinearConstraint:
+    def loss_costs(self) -> list[float]:
+        return [LOSS_SCALE * it.loss + TIE_BREAK * min(it.tie, 10.0) for it in self.items]
+
+    def constraints(self, budgets: Budgets, exclude: Sequence[Sequence[int]] = (),
+                    loss_cap: float | None = None) -> LinearConstraint:
         problem, b = self.problem, _Builder(self.nvars)
+        if loss_cap is not None:
+            b.add(dict(enumerate(self.loss_costs())), -np.inf, loss_cap)
         for choice in exclude:
             b.add({self.var[(k, o)]: 1.0 for k, o in enumerate(choice)}, -np.inf, len(choice) - 1.0)
         for k, layer_items in enumerate(problem.items):
@@ -294,19 +297,33 @@ def _quiet_stdout() -> Iterator[None]:
         os.close(saved)
 
 
-def _solve_once(problem: Problem, budgets: Budgets, objective: str, forbid: Mapping[int, frozenset[int]],
-                exclude: Sequence[Sequence[int]], time_limit: float) -> Solution | None:
-    m = _Milp(problem, objective)
+def _run(m: _Milp, costs: np.ndarray, constraints: LinearConstraint, forbid: Mapping[int, frozenset[int]],
+         time_limit: float) -> Any:
     bounds, integrality = m.bounds(forbid)
     with _quiet_stdout():
-        res = milp(m.costs(), constraints=[m.constraints(budgets, exclude)], integrality=integrality,
-                   bounds=bounds, options={"time_limit": time_limit, "mip_rel_gap": 0.0, "presolve": True})
+        return milp(costs, constraints=[constraints], integrality=integrality, bounds=bounds,
+                    options={"time_limit": time_limit, "mip_rel_gap": 0.0, "presolve": True})
+
+
+def _solve_once(problem: Problem, budgets: Budgets, objective: str, forbid: Mapping[int, frozenset[int]],
+                exclude: Sequence[Sequence[int]], time_limit: float) -> Solution | None:
+    """One integer program; for the loss objective, lexicographically: the least loss (and
+    layer error), then among those choices the fewest flash bytes."""
+    m = _Milp(problem, objective)
+    res = _run(m, m.costs(), m.constraints(budgets, exclude), forbid, time_limit)
     if res.x is None or res.status not in (0, 1):
         log.info("milp: %s", res.message)
         return None
     if res.status == 1:
         log.warning("milp stopped at its time limit; the plan may not be optimal")
-    sol = evaluate(problem, m.choice(res.x))
+    x = res.x
+    if objective == "loss" and res.status == 0:
+        cap = float(res.fun) + TIE_SLACK + 1e-9 * abs(float(res.fun))
+        flash = _Milp(problem, "flash")
+        second = _run(flash, flash.costs(), flash.constraints(budgets, exclude, cap), forbid, time_limit)
+        if second.x is not None and second.status == 0:
+            x = second.x
+    sol = evaluate(problem, m.choice(x))
     status = "optimal" if res.status == 0 else "time limit"
     return Solution(sol.choice, sol.loss, sol.flash, sol.ram, sol.latency_ms, status)
 
