@@ -578,7 +578,33 @@ def print_tables(doc: dict[str, Any]) -> None:
         cc = emu["crosscheck_m4"]
         con.print(f"M4 {cc['layer']}: SysTick/-icount {cc['timer']:,.0f} instructions, translation log "
                   f"{cc['translation_log']:,} instructions")
-    con.print("targets: " + json.dumps(doc["targets_met"]))
+    for line in target_lines(doc):
+        con.print(line)
+
+
+def target_lines(doc: dict[str, Any]) -> list[str]:
+    """One line per target: met / MISSED with the figure."""
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    vf, vi = doc["binary_vs_float_c"], doc["binary_vs_int8_c"]
+    lines = [f"binary >= 20x faster than our float32 C (largest GEMM): {verdict(vf >= 20)} "
+             f"({vf:.1f}x; conv {doc.get('conv_binary_vs_float_c', 0):.1f}x)",
+             f"binary >= 4x faster than our int8 C (largest GEMM): {verdict(vi >= 4)} "
+             f"({vi:.1f}x; conv {doc.get('conv_binary_vs_int8_c', 0):.1f}x)",
+             f"popcount peak fraction (largest GEMM, {doc['x86_level']}): "
+             f"{doc['popcount_peak_fraction']:.2f} of {doc['popcount_peak_bits_per_cycle']} bits/cycle"]
+    if "m4_int8_dsp_vs_ref" in doc:
+        for layer, r in doc["m4_int8_dsp_vs_ref"].items():
+            lines.append(f"M4 int8 DSP >= 2x fewer instructions than ref, {layer}: "
+                         f"{verdict(r is not None and r >= 2)} ({_fmt(r, '.2f')}x)")
+    return lines
+
+
+def all_bit_identical(doc: dict[str, Any]) -> bool:
+    emu = doc.get("emulated", {})
+    return all(r["bit_identical"] for board in ("mps2-an386", "microbit", "rpi4", "rpi5", "rpi3-32bit")
+               for r in emu.get(board, {}).values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -595,6 +621,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(doc, indent=2, default=float))
     else:
         print_tables(doc)
+    if not all_bit_identical(doc):
+        print("error: an optimized kernel's output differs from ref's on an emulated target", file=sys.stderr)
+        return 1
     return 0
 
 
