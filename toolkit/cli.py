@@ -410,6 +410,70 @@ def plan(
         print_plan(out, outcome, out_path, spec, plots)
 
 
+@app.command()
+def fit(
+    model: ModelArg,
+    data: Annotated[
+        str,
+        typer.Option(help="Data (digits[:split] or .npz with x, y): split into calibration and held-back "
+                     "validation halves unless --calib is given; the held-back samples run on the device."),
+    ],
+    board: Annotated[
+        str, typer.Option(help="A board id or board file (budgets, toolchain, runner), or 'host'.")
+    ] = "mps2-an386",
+    calib: Annotated[
+        str | None, typer.Option(help="Calibration data; then all of --data is held back for validation.")
+    ] = None,
+    flash: Annotated[
+        str | None, typer.Option(help="Flash budget (bytes, 32K, 1M); default: the board's.")
+    ] = None,
+    ram: Annotated[str | None, typer.Option(help="RAM budget (bytes, 16K); default: the board's.")] = None,
+    latency_ms: Annotated[
+        float | None, typer.Option("--latency-ms", help="Latency budget (needs the core's latency data).")
+    ] = None,
+    max_drop: Annotated[
+        float | None, typer.Option("--max-drop", help="Largest accuracy drop accepted, in points.")
+    ] = None,
+    samples: Annotated[
+        int, typer.Option(help="Held-back samples streamed to the device (0 = all of them).")
+    ] = 0,
+    port: Annotated[
+        str | None, typer.Option(help="Serial link of a real board (pyserial URL: /dev/ttyACM0, socket://…).")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output directory: plan.json, plan.spec.toml, plots, "
+                                  "firmware/, fit.json (default: build/fit/<model>-<board>).")
+    ] = None,
+    plots: Annotated[
+        bool, typer.Option("--plots/--no-plots", help="Write the plan's plots (needs matplotlib).")
+    ] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Plan, build, flash or emulate, validate on the device; print predicted against measured."""
+    from toolkit.planner.fit import FitRequest, fit_model
+
+    target = out_dir if out_dir is not None else Path("build") / "fit" / f"{model.stem}-{Path(board).stem}"
+
+    def run() -> Any:
+        from toolkit.planner.pipeline import PlanRequest
+
+        req = PlanRequest(model=model, board=board, data=data, calib=calib,
+                          flash=_parse_bytes(flash, "flash"), ram=_parse_bytes(ram, "ram"),
+                          latency_ms=latency_ms, max_drop=max_drop)
+        with _progress() as progress:
+            return fit_model(FitRequest(req, target, samples=samples, port=port, plots=plots), progress)
+
+    report = _guarded(run)
+    doc = jsonout.fit_doc(report)
+    (target / "fit.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        _emit_json(doc)
+    else:
+        tables.print_fit(out, report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 class _progress:
     """Rich progress bars on stderr, one per stage, fed by the planner's progress callback."""
 

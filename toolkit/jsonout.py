@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from toolkit.build import BoardBuild
     from toolkit.compress.pipeline import CompressReport
     from toolkit.model.summary import GraphSummary
+    from toolkit.planner.fit import FitReport
     from toolkit.planner.pipeline import PlanOutcome
+    from toolkit.planner.plan import SampleSet
     from toolkit.validate.report import DryRun, ValidateReport
     from toolkit.verify import TensorComparison, VerifyReport
 
@@ -26,6 +28,7 @@ COMPRESS_SCHEMA = "boardfit.compress/1"
 BUILD_SCHEMA = "boardfit.build/1"
 PLAN_SCHEMA = "boardfit.plan/1"
 VALIDATE_SCHEMA = "boardfit.validate/1"
+FIT_SCHEMA = "boardfit.fit/1"
 
 
 def _spec(name: str, shape: Sequence[int], dtype: str) -> dict[str, Any]:
@@ -198,4 +201,85 @@ def plan_doc(o: PlanOutcome, plan_path: Path, spec_path: Path, plots: Sequence[P
              "layers": {str(i): s.label for i, s in sorted(e.settings.items())}}
             for e in o.explored
         ],
+    }
+
+
+def _sample_set(s: SampleSet | None) -> dict[str, Any] | None:
+    if s is None:
+        return None
+    return {"source": s.source, "count": s.count, "indices": None if s.indices is None else list(s.indices)}
+
+
+def fit_doc(r: FitReport) -> dict[str, Any]:
+    """``boardfit fit --json`` (also ``OUT/fit.json``): the plan's predictions beside the device's
+    measurements, the checks, and which samples were used for what."""
+    from toolkit.validate.report import UNIT_NOTES
+
+    plan, tot, c = r.plan, r.plan.totals, r.counts
+    pred_metric, meas_metric = r.metric_points()
+    names = {layer.op_index: layer for layer in plan.layers}
+    return {
+        "schema": FIT_SCHEMA,
+        "model": r.model,
+        "board": r.board,
+        "runner": r.runner,
+        "emulated": r.emulated,
+        "samples": r.samples,
+        "data": {"calibration": _sample_set(plan.calibration), "validation": _sample_set(plan.validation),
+                 "streamed": _sample_set(r.streamed)},
+        "budgets": {"flash_bytes": r.flash_budget, "ram_bytes": r.ram_budget,
+                    "latency_ms": plan.budgets.latency_ms, "max_drop": plan.budgets.max_drop},
+        "predicted_flash_bytes": r.predicted_flash_bytes,
+        "predicted_ram_bytes": r.predicted_ram_bytes,
+        "predicted_accuracy": r.predicted_accuracy,
+        "predicted_latency_ms": r.predicted_latency_ms,
+        "measured_flash_bytes": r.measured_flash_bytes,
+        "measured_ram_bytes": r.measured_ram_bytes,
+        "measured_accuracy": r.measured_accuracy,
+        "measured_latency_ms": r.measured_latency_ms,
+        "metric": r.metric,
+        "predicted_metric": pred_metric,
+        "measured_metric": meas_metric,
+        "predicted_agreement": tot.predicted_agreement,
+        "measured_agreement": r.measured_agreement,
+        "predicted_output_loss": tot.validation_loss,
+        "measured_output_loss": r.measured_loss,
+        "simulated_accuracy": r.simulated_accuracy,
+        "reference_accuracy": tot.reference_accuracy,
+        "float_model": plan.float_model,
+        "latency": {
+            "counts_unit": None if c is None else c.unit,
+            "counts_note": "" if c is None else UNIT_NOTES.get(c.unit, ""),
+            "counts_per_inference": None if c is None else c.mean,
+            "counts_min": None if c is None else c.minimum,
+            "counts_max": None if c is None else c.maximum,
+            "clock_hz": None if c is None else c.clock_hz,
+        },
+        "agreement": {"inferences": r.agreement.inferences, "bit_exact": r.agreement.bit_exact,
+                      "fraction": r.agreement.fraction,
+                      "mismatched_elements": r.agreement.mismatched_elements,
+                      "max_abs_error": r.agreement.max_abs_error},
+        "sizes": {
+            "predicted": r.predicted.to_json(),
+            "measured": None if r.measured is None else {**r.measured.to_json(), "from": r.measured_from},
+            "image": {"flash_bytes": r.image_flash_bytes, "ram_bytes": r.image_ram_bytes},
+        },
+        "layers": [
+            {"op_index": x.op_index, "name": names[x.op_index].name, "label": names[x.op_index].setting.label,
+             "kernel": names[x.op_index].kernel, "flash_bytes": names[x.op_index].flash_bytes,
+             "predicted_latency_ms": x.predicted_ms, "measured_latency_ms": x.measured_ms}
+            for x in r.layers
+        ],
+        "checks": r.checks(),
+        "fits": r.fits,
+        "ok": r.ok,
+        "plan_file": str(r.plan_file),
+        "spec_file": str(r.spec_file),
+        "plots": [str(p) for p in r.plots],
+        "firmware": str(r.firmware),
+        "toolchain": r.toolchain,
+        "device": None if r.device is None else {
+            "model_hash": r.device.model_hash, "plan_hash": r.device.plan_hash,
+            "arena_bytes": r.device.arena_bytes, "retransmissions": r.device.retransmissions,
+            "resyncs": r.device.resyncs},
     }

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from toolkit.build import BoardBuild
     from toolkit.compress.pipeline import CompressReport
     from toolkit.model.summary import GraphSummary
+    from toolkit.planner.fit import FitReport
+    from toolkit.planner.plan import SampleSet
     from toolkit.validate.report import ValidateReport
     from toolkit.verify import TensorComparison, VerifyReport
 
@@ -163,3 +165,115 @@ def print_validate(console: Console, r: ValidateReport) -> None:
     from toolkit.validate.report import print_report
 
     print_report(console, r)
+
+
+# ---------------------------------------------------------------------------------------------
+# boardfit fit
+
+
+def _b(v: int | None) -> str:
+    return "—" if v is None else f"{v:,}"
+
+
+def _check(ok: bool | None, yes: str, no: str) -> str:
+    if ok is None:
+        return "—"
+    return f"[green]{yes}[/]" if ok else f"[red]{no}[/]"
+
+
+def _runs(indices: Sequence[int], limit: int = 6) -> str:
+    """``0-3, 7, 9-12, …`` (the first ``limit`` runs of consecutive indices)."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    text = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:limit]]
+    return ", ".join(text) + (", …" if len(runs) > limit else "")
+
+
+def _which(s: SampleSet) -> str:
+    what = "all of it" if s.indices is None else f"indices {_runs(s.indices)}"
+    return f"{s.count} samples of {s.source} ({what})"
+
+
+_METRIC_LABEL = {"accuracy": "accuracy", "agreement": "top-1 agreement with the original model",
+                 "output error": "output error (% of the output's power)"}
+
+
+def _fit_rows(t: Table, r: FitReport) -> None:
+    checks = r.checks()
+    p, m = r.predicted, r.measured
+    t.add_row("flash (weights + params + code)", _b(r.flash_budget), _b(r.predicted_flash_bytes),
+              _b(r.measured_flash_bytes), _check(checks["fits_flash"], "fits", "OVER BUDGET"))
+    t.add_row("  weights", "", _b(p.weights_bytes), _b(None if m is None else m.weights_bytes),
+              _check(checks["weights_exact"], "exact", "differs"))
+    t.add_row("  params", "", _b(p.params_bytes), _b(None if m is None else m.params_bytes),
+              _check(checks["params_within_bound"], "≤ predicted", "over the bound"))
+    code_note = "—"
+    if m is not None and p.code_bytes:
+        dev = 100.0 * (m.code_bytes - p.code_bytes) / p.code_bytes
+        code_note = _check(checks["code_within_10_percent"], f"{dev:+.1f} %", f"{dev:+.1f} %")
+    t.add_row("  code (kernels + model.c)", "", _b(p.code_bytes), _b(None if m is None else m.code_bytes),
+              code_note)
+    t.add_row("RAM (arena + state + tables)", _b(r.ram_budget), _b(r.predicted_ram_bytes),
+              _b(r.measured_ram_bytes), _check(None if checks["fits_ram"] is None
+                                               else checks["fits_ram"] and bool(checks["ram_exact"]),
+                                               "fits, exact", "over budget or differs"))
+    pred, meas = r.metric_points()
+    delta = "—"
+    if pred is not None and meas is not None:
+        diff = f"{meas - pred:+.2f} points"
+        delta = _check(checks["accuracy_within_0_5_points"], diff, diff)
+    t.add_row(f"{_METRIC_LABEL.get(r.metric, r.metric)} ({r.samples} held-back samples)", "",
+              "—" if pred is None else f"{pred:.2f} %", "—" if meas is None else f"{meas:.2f} %", delta)
+    b = r.plan.budgets.latency_ms
+    c = r.counts
+    lat = "—" if c is None or c.ms is None else f"{c.ms:.3f} ms ({c.mean:,.0f} {c.unit})"
+    pl = r.predicted_latency_ms
+    t.add_row("latency per inference", "—" if b is None else f"{b:g} ms",
+              "uncalibrated" if pl is None else f"{pl:.3f} ms", lat,
+              "—" if pl is None or c is None or c.ms is None else f"{100 * (c.ms - pl) / pl:+.1f} %")
+
+
+def print_fit(console: Console, r: FitReport) -> None:
+    """``boardfit fit``: the plan, then predicted against measured on the board, and the verdict."""
+    from rich.markup import escape
+
+    from toolkit.planner.report import print_plan
+    from toolkit.validate.report import UNIT_NOTES
+
+    print_plan(console, r.outcome, r.plan_file, r.spec_file, r.plots)
+    where = "emulated" if r.emulated else "device"
+    t = Table(title=escape(f"predicted vs measured: {Path(r.model).name} on {r.board} ({where}, {r.runner})"),
+              title_justify="left")
+    for col in ("", "budget", "predicted (plan)", "measured (device)", "check"):
+        t.add_column(col, justify="left" if col in ("", "check") else "right")
+    _fit_rows(t, r)
+    console.print(t)
+    if r.image_flash_bytes is not None:
+        console.print(f"whole image (runtime, drivers, libc and model): flash {r.image_flash_bytes:,} B "
+                      f"({kib(r.image_flash_bytes)}), RAM {r.image_ram_bytes or 0:,} B with the stack")
+    a = r.agreement
+    differ = ""
+    if not a.all_exact:
+        differ = f" ({a.mismatched_elements:,} elements differ, max |Δ| {a.max_abs_error:g})"
+    console.print(f"agreement: {a.bit_exact} / {a.inferences} inferences bit-exact with the compressed "
+                  f"model's host simulation{differ}")
+    if r.counts is not None:
+        console.print(escape(f"counts: {UNIT_NOTES.get(r.counts.unit, r.counts.unit)}"))
+    if r.plan.totals.reference_accuracy is not None and r.measured_accuracy is not None:
+        ref = "float" if r.plan.float_model else "int8"
+        console.print(f"{ref} model on the validation samples: "
+                      f"{100 * r.plan.totals.reference_accuracy:.2f} %; on the device: "
+                      f"{100 * r.measured_accuracy:.2f} %")
+    console.print(escape(f"calibration and planning: {_which(r.plan.calibration)}"))
+    console.print(escape(f"validated on the device: {_which(r.streamed)}"))
+    console.print(escape(f"firmware: {r.firmware} ({r.toolchain})"))
+    if r.ok:
+        console.print(f"[green]OK[/]: fits {r.board} and the device computes exactly what the plan simulated")
+    elif not r.fits:
+        console.print(f"[red]DOES NOT FIT[/]: the measured footprint exceeds the plan's budget on {r.board}")
+    else:
+        console.print("[red]MISMATCH[/]: the device's outputs differ from the host simulation")
