@@ -426,3 +426,86 @@ def test_latency_budget_constrains_the_plan(cnn_graph, calib) -> None:  # type: 
     quick = solve(problem, Budgets(latency_ms=fastest))
     assert quick is not None and quick.latency_ms <= fastest + 1e-9
     assert solve(problem, Budgets(latency_ms=fastest * 0.99)) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Repair: a mix whose layers hurt together is upgraded until the drop is met.
+
+
+class _StubCost:
+    """A cost model with flash = Σ option bytes (no code, no params, no RAM)."""
+
+    target = "stub"
+    fixed_flash_bytes = 0
+    state_bytes = 0
+    base_latency_ms = 0.0
+
+    def __init__(self, layers: tuple[int, ...]) -> None:
+        self.steps = tuple(RamStep(i, 0, i) for i in layers)
+
+    def option_flash(self, o):  # type: ignore[no-untyped-def]
+        return o.flash_bytes
+
+    def option_latency_ms(self, o):  # type: ignore[no-untyped-def]
+        return 0.0
+
+    def kernel_code(self, k):  # type: ignore[no-untyped-def]
+        return 0
+
+    def footprint(self, selection):  # type: ignore[no-untyped-def]
+        from toolkit.planner.cost import Footprint
+
+        return Footprint(sum(o.flash_bytes for o in selection.values()), 0, 0, 0, 0, 0, 0, 0)
+
+
+class _StubEvaluator:
+    """Validation accuracy of a mix from a table: compressing both layers hurts together."""
+
+    def __init__(self, table: dict[tuple[str, str], float]) -> None:
+        self.table = table
+        self.calls: list[tuple[str, str]] = []
+
+    def _key(self, settings):  # type: ignore[no-untyped-def]
+        return tuple(settings[i].method for i in sorted(settings))
+
+    def __call__(self, settings, name="validation"):  # type: ignore[no-untyped-def]
+        from toolkit.planner.pipeline import Metrics
+
+        key = self._key(settings)
+        self.calls.append(key)
+        return Metrics(self.table[key], self.table[key], 1 - self.table[key])
+
+    def quick(self, settings, name="selection"):  # type: ignore[no-untyped-def]
+        return self(settings, name)
+
+
+def test_repair_upgrades_the_layer_that_hurts_until_the_drop_is_met() -> None:
+    from toolkit.compress.base import Option
+    from toolkit.planner.pipeline import _Fitter, _repair
+    from toolkit.planner.sensitivity import Candidate, LayerSensitivity, Measurement, Sensitivity
+
+    def cand(op: int, method: str, flash: int, loss: float) -> Candidate:
+        return Candidate(Option(op, Setting.of(method), flash, 0, 1, "bf_k"), Measurement(loss, loss))
+
+    layers = (
+        LayerSensitivity(0, "a", "FULLY_CONNECTED", (cand(0, "int8", 100, 0.0), cand(0, "kmeans", 50, 0.05))),
+        LayerSensitivity(1, "b", "FULLY_CONNECTED", (cand(1, "int8", 100, 0.0), cand(1, "kmeans", 50, 0.05),
+                                                      cand(1, "prune", 30, 0.3))),
+    )
+    sens = Sensitivity("h", 10, "exact", None, layers)
+    cost = _StubCost((0, 1))
+    fitter = _Fitter(sens, cost, build_problem(sens, cost), Budgets(flash=130), False)  # type: ignore[arg-type]
+    found = fitter.fit()
+    assert found is not None and fitter.settings(found[0].choice)[0].method == "kmeans"  # (kmeans, kmeans)
+    table = {("kmeans", "kmeans"): 0.90, ("int8", "prune"): 0.975, ("kmeans", "prune"): 0.5,
+             ("int8", "kmeans"): 0.97, ("kmeans", "int8"): 0.95, ("int8", "int8"): 0.98}
+    ev = _StubEvaluator(table)
+    state = _repair(fitter, ev, found, 0.98, 1.0, lambda *a: None)  # type: ignore[arg-type]
+    assert state.meets and state.drop == pytest.approx(0.5)
+    assert [m.method for m in fitter.settings(state.solution.choice).values()] == ["int8", "prune"]
+    assert state.repairs == [{"layer": 0, "from": "kmeans", "to": "int8", "drop_before": pytest.approx(8.0),
+                              "drop_after": pytest.approx(0.5)}]
+    # Without room for an upgrade the plan says it misses the drop instead of looping.
+    tight = _Fitter(sens, cost, build_problem(sens, cost), Budgets(flash=100), False)  # type: ignore[arg-type]
+    stuck = _repair(tight, _StubEvaluator(table), tight.fit(), 0.98, 1.0, lambda *a: None)  # type: ignore[arg-type]
+    assert stuck.meets is False and stuck.repairs == []
