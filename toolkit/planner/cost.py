@@ -26,7 +26,7 @@ constant and the step needs ``live(s) + scratch(option at s)``: RAM is a peak, o
 per step.  Options whose tables are decoded once at boot hold ``persistent_ram_bytes`` for the
 whole run.  The live sum is a lower bound of the arena the generator's placement finds;
 :meth:`CostModel.footprint` runs that placement (``firmware_gen.arena.plan_arena``) and the
-solver tightens its bound when placement needs more (:mod:`toolkit.planner.solve`).
+planner tightens the solver's bound when placement needs more (:mod:`toolkit.planner.pipeline`).
 
 **Latency** (optional): per kernel, ``fixed + per_mac · MACs + per_tap · outputs · window +
 per_output · outputs`` instructions (:class:`KernelTiming`) from the board core's data file
