@@ -420,7 +420,7 @@ def _sanitized(projects: Projects, key: str, steps: int, rng: np.random.Generato
         _compare(got[k], list(oracle.run(xs).outputs), f"{key} (ASan/UBSan) step {k}")
 
 
-@pytest.mark.parametrize("name", ["digits_cnn_int8", "digits_stream_int8", "kws_dscnn_float"])
+@pytest.mark.parametrize("name", ["digits_cnn_int8", "digits_stream_int8", "kws_dscnn_int8"])
 def test_examples_under_sanitizers(projects: Projects, name: str, rng: np.random.Generator) -> None:
     _sanitized(projects, name, 3, rng)
 
