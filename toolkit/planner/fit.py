@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from toolkit.errors import BuildError, PlanError
-from toolkit.planner.pipeline import PlanOutcome, PlanRequest, plan_model
+from toolkit.planner.pipeline import PlanOutcome, PlanRequest, Prepared, plan_model
 from toolkit.planner.plan import Plan, SampleSet, save_plan
 from toolkit.validate import report as rep
 
@@ -220,14 +220,15 @@ def plots_available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def _plan(req: FitRequest, progress: Progress) -> tuple[PlanOutcome, Path, Path, list[Path]]:
+def _plan(req: FitRequest, progress: Progress,
+          prepared: Prepared | None) -> tuple[PlanOutcome, Path, Path, list[Path]]:
     plots = req.plots and plots_available()
     if req.plots and not plots:
         log.warning("matplotlib is not installed: no plots (pip install boardfit[plots])")
     preq = req.plan
     if plots:  # what `boardfit plan --plot` explores: budgets swept and the uniform policies
         preq = dataclasses.replace(preq, explore=preq.explore or 8, uniform=True)
-    outcome = plan_model(preq, progress)
+    outcome = plan_model(preq, progress, prepared=prepared)
     plan_path = req.out_dir / PLAN_FILE
     spec = save_plan(outcome.plan, plan_path)
     written: list[Path] = []
@@ -422,8 +423,11 @@ def _ms(count: float, unit: str, clock_hz: int | None) -> float | None:
     return None if not clock_hz else count / clock_hz * 1e3
 
 
-def fit_model(req: FitRequest, progress: Progress | None = None) -> FitReport:
-    """Plan, compress, build, run and compare (see the module docstring)."""
+def fit_model(req: FitRequest, progress: Progress | None = None,
+              prepared: Prepared | None = None) -> FitReport:
+    """Plan, compress, build, run and compare (see the module docstring).  ``prepared``: the
+    planner's :func:`~toolkit.planner.pipeline.prepare` of the same model and data, to reuse
+    (one model fitted to several boards or budgets)."""
     from toolkit.validate import validate as v
 
     progress = progress or _no_progress
@@ -431,7 +435,7 @@ def fit_model(req: FitRequest, progress: Progress | None = None) -> FitReport:
     if data is None:
         raise PlanError("boardfit fit needs --data: the held-back samples are validated on the device")
     req.out_dir.mkdir(parents=True, exist_ok=True)
-    outcome, plan_path, spec, plots = _plan(req, progress)
+    outcome, plan_path, spec, plots = _plan(req, progress, prepared)
     plan = outcome.plan
 
     progress("compressing as planned", 0, 1)
