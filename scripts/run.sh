@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # boardfit's one entry point for people and CI.
-#   bash scripts/run.sh demo   install what is missing, then run the main job on the default board
+#   bash scripts/run.sh demo   install what is missing, then run the main job (boardfit fit) on the default board
 #   bash scripts/run.sh test   install what is missing, then run the whole test suite
 #   bash scripts/run.sh setup  only install
 # Idempotent: apt packages, the virtualenvs and the package are installed only when missing or
@@ -60,13 +60,15 @@ setup_tflite_runtime() {
 }
 
 demo() {
-  # The example int8 CNN: its layers; its C build for this machine with the size report; then
-  # firmware for the emulated Cortex-M4F (mps2-an386), run in QEMU and validated over the
-  # serial link against the oracle and the TFLite interpreter on 100 test digits.
-  local bf="$VENV/bin/boardfit" model="examples/models/digits_cnn_int8.tflite"
+  # boardfit's main job on the default emulated board: the example float digits MLP
+  # (LeNet-300-100-shaped) and its layers, then `boardfit fit` under a 32 KiB flash budget on
+  # mps2-an386 (Cortex-M4F): quantized and given a per-layer compression mix planned on half of
+  # the 400 test digits, built, run in QEMU and validated over the serial link on the other 200
+  # (bit-exact with the host simulation), ending with predicted vs measured flash, RAM, accuracy
+  # and latency.  Plan, spec, plots and firmware land in build/demo/fit.
+  local bf="$VENV/bin/boardfit" model="examples/models/digits_mlp_float.tflite"
   "$bf" inspect "$model"
-  "$bf" build "$model" --board host --out build/demo/host
-  "$bf" validate "$model" --board mps2-an386 --data digits --samples 100 --out build/demo/mps2-an386
+  "$bf" fit "$model" --board mps2-an386 --data digits --flash 32K -o build/demo/fit
 }
 
 run_tests() {
