@@ -21,6 +21,7 @@ numpy oracle for int8 ops (itself checked against TFLite), the compressed layer'
 for binary layers.  Every target must be bit-identical, ask for exactly the scratch bytes
 ``firmware_gen/lower.py`` predicts, and leave the guard bytes around its output untouched.
 Cross targets build one program with all their cases and run it once (``tests/kernel_xrun.py``).
+``BOARDFIT_SANITIZE=1`` reruns the host targets in a child under ASan + UBSan.
 """
 
 from __future__ import annotations
@@ -70,8 +71,10 @@ from toolkit.model.ir import (
 from toolkit.oracle import Oracle
 from toolkit.oracle.padding import out_size
 
+# With BOARDFIT_SANITIZE=1 this process only starts a child that runs the host targets with
+# ASan + UBSan (tests/kernel_harness.py); the child builds the host libraries sanitized.
 _DELEGATED = kh.sanitize_requested() and not kh.asan_loaded()
-pytestmark = pytest.mark.skipif(_DELEGATED, reason="the sanitized run covers test_kernels_ref only")
+in_process = pytest.mark.skipif(_DELEGATED, reason="runs in the sanitized child process")
 
 A, S, V = Activation, Padding.SAME, Padding.VALID
 WORK = Path(tempfile.gettempdir()) / "boardfit-kernels" / "xrun"
@@ -369,7 +372,7 @@ def _x86_skip(t: Target) -> str | None:
 @cache
 def host_library(variant: str, flags: tuple[str, ...]) -> kh.KernelLibrary:
     sources = kh.variant_sources(variant)
-    cflags = [*kh.CFLAGS, *flags]
+    cflags = [*kh.CFLAGS, *flags, *(kh.SANITIZE_FLAGS if kh.sanitize_active() else ())]
     includes = [f"-I{kh.INCLUDE_DIR}", f"-I{kh.KERNELS_DIR / variant}", f"-I{kh.REF_DIR}"]
     digest = hashlib.sha256(" ".join([*cflags, variant]).encode())
     for f in [*kh.kernel_files(), *sources]:
@@ -412,6 +415,7 @@ def cross_results(target_id: str) -> dict[str, xr.XResult]:
 # The suite.
 
 
+@in_process
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 @pytest.mark.parametrize("target", TARGETS, ids=[t.id for t in TARGETS])
 def test_variant_bit_identical(target: Target, case: Case) -> None:
@@ -441,6 +445,7 @@ def test_variant_bit_identical(target: Target, case: Case) -> None:
     np.testing.assert_array_equal(got, b.expected, err_msg=f"{target.id} {call.symbol}")
 
 
+@in_process
 def test_x86_paths_are_the_ones_asked_for() -> None:
     """Each host x86 build really compiled the code path of its -m flags."""
     for k, (name, _, flags) in enumerate(isa.X86_LEVELS):
@@ -454,6 +459,7 @@ def test_x86_paths_are_the_ones_asked_for() -> None:
 # Variant choice (targets/isa.py): a pure function of board data.
 
 
+@in_process
 def test_board_variants() -> None:
     from toolkit.boards import load_board
 
@@ -466,6 +472,7 @@ def test_board_variants() -> None:
     assert isa.variant_cflags("neon", isa.target_of(load_board("rpi5"))) == ()
 
 
+@in_process
 def test_x86_flags_follow_cpu_features() -> None:
     t = isa.IsaTarget("x86_64", frozenset({"popcnt", "avx2"}))
     assert isa.kernel_variants(t) == ("x86", "ref")
@@ -477,6 +484,7 @@ def test_x86_flags_follow_cpu_features() -> None:
     assert isa.x86_level(no_vpop.features) == "avx2"
 
 
+@in_process
 def test_cpuinfo_parsing() -> None:
     x86 = "processor: 0\nflags\t\t: fpu sse4_2 popcnt avx2 avx512f avx512bw avx512vl avx512_vpopcntdq\n"
     assert isa.features_from_cpuinfo(x86, "x86_64") == {"sse4.2", "popcnt", "avx2", "avx512",
@@ -486,6 +494,7 @@ def test_cpuinfo_parsing() -> None:
     assert isa.features_from_cpuinfo("nothing", "x86_64") == frozenset()
 
 
+@in_process
 def test_layer_variant_records_fallbacks() -> None:
     """A layer runs the optimized code only where the variant has it for that geometry."""
     grouped = built("conv_grouped").call
@@ -500,6 +509,7 @@ def test_layer_variant_records_fallbacks() -> None:
     assert isa.layer_variant(("armv7em", "ref"), xnor_big) == "ref"  # 3 x 90 words > 256
 
 
+@in_process
 def test_variant_tables_match_sources() -> None:
     """targets/isa.py claims a kernel only where the variant directory has its family."""
     for v in isa.VARIANTS:
@@ -517,6 +527,7 @@ _M_CPUS = {"cortex-m4": ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfp
            "cortex-m0plus": ["-mcpu=cortex-m0plus", "-mthumb"]}
 
 
+@in_process
 @pytest.mark.cross
 @pytest.mark.parametrize("cpu", sorted(_M_CPUS))
 def test_m_profile_variants_compile(cpu: str) -> None:
@@ -532,6 +543,7 @@ def test_m_profile_variants_compile(cpu: str) -> None:
         assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
 
 
+@in_process
 def test_variant_override(monkeypatch: pytest.MonkeyPatch) -> None:
     """$BOARDFIT_KERNEL_VARIANTS replaces the ISA choice (e.g. ``ref`` for comparisons)."""
     from toolkit.boards import load_board
@@ -544,3 +556,15 @@ def test_variant_override(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(isa.OVERRIDE_ENV, "sse9")
     with pytest.raises(ValueError, match="unknown kernel variant"):
         isa.board_variants(rpi4)
+
+
+@pytest.mark.skipif(not _DELEGATED, reason="set BOARDFIT_SANITIZE=1 to run the host variants sanitized")
+def test_host_variants_under_asan_and_ubsan() -> None:
+    """The host targets again (every variant and x86 path, all cases) in a child with the ASan
+    runtime preloaded and the libraries built with -fsanitize=address,undefined."""
+    if kh.asan_runtime() is None:
+        pytest.skip(f"{kh.CC} has no AddressSanitizer runtime")
+    proc, sanitizer_log = kh.run_sanitized_pytest(__file__, ["-k", "host"])
+    report = (proc.stdout + proc.stderr)[-4000:] + sanitizer_log[:6000]
+    assert proc.returncode == 0, f"sanitized variant tests failed (exit {proc.returncode}):\n{report}"
+    assert " passed" in proc.stdout, report
