@@ -298,6 +298,8 @@ def generate_project(
     sources = _library_sources(files)
     include_dirs = _include_dirs(files)
     log.info("generated %d files for %s in %s", len(files), graph.name, out)
+    log.info("kernel variants %s; per layer: %s", "/".join(variants), ", ".join(
+        f"{graph.ops[i].opcode}#{i}={v}" for i, v in sorted(program.layer_variants.items())))
     project = GeneratedProject(out, tuple(files), sources, include_dirs, program, tuple(variants))
     tc = toolchain_for(board)
     if not predict_sizes or not tc.available():
