@@ -319,3 +319,19 @@ def test_cli_compress_errors(tmp_path: Path) -> None:
     res = runner.invoke(app, ["compress", str(MODELS / "digits_mlp_int8.tflite"), "--spec", str(spec),
                               "-o", str(tmp_path / "o")])
     assert res.exit_code == 2 and "[layers.9] names no compressible layer" in res.output
+
+
+def test_default_method_covers_only_the_layers_it_can_compress() -> None:
+    """[default] binary on the digits CNN binarizes the convs and the dense layer and leaves the
+    depthwise conv (which binarization does not support) as it is; naming that layer explicitly
+    is an error that says which op and why."""
+    graph = read_tflite(Path(__file__).parent.parent / "examples" / "models" / "digits_cnn_int8.tflite")
+    spec = parse_spec('[default]\nmethod = "binary"\nmode = "bwn"\n')
+    chosen = spec.resolve(graph)
+    opcodes = {graph.ops[i].opcode for i in chosen}
+    assert "DEPTHWISE_CONV_2D" not in opcodes
+    assert {"CONV_2D", "FULLY_CONNECTED"} <= opcodes
+    dw = next(op for op in graph.ops if op.opcode == "DEPTHWISE_CONV_2D")
+    explicit = parse_spec(f'[layers.{dw.index}]\nmethod = "binary"\n')
+    with pytest.raises(CompressionError, match=rf"op {dw.index} \(DEPTHWISE_CONV_2D"):
+        compress_graph(graph, explicit, None)

@@ -335,7 +335,10 @@ def compress_graph(graph: Graph, spec_or_settings: CompressionSpec | Mapping[int
     for i, m in methods.items():
         layer = LayerRef(graph, graph.ops[i], floats.get(i))
         if not m.applicable(layer):
-            raise CompressionError(f"method {m.name!r} cannot compress {graph.ops[i].label}")
+            raise CompressionError(
+                f"method {m.name!r} cannot compress op {i} ({graph.ops[i].opcode} "
+                f"{graph.ops[i].name!r}); name it in a [layers.*] table with another method, "
+                "or let [default] choose only the layers the method applies to")
     layers = _compress_layers(graph, settings, methods, floats, calib_x, sequential)
     spec = spec_or_settings if isinstance(spec_or_settings, CompressionSpec) else None
     return CompressedModel(graph, layers, settings, spec, float_graph)

@@ -27,7 +27,7 @@ from typing import Any
 
 from toolkit.compress.base import COMPRESSIBLE_OPS, Setting
 from toolkit.errors import CompressionError
-from toolkit.model.ir import Graph
+from toolkit.model.ir import Graph, Op
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,7 +42,12 @@ class CompressionSpec:
     source: str = "<spec>"
 
     def resolve(self, graph: Graph) -> dict[int, Setting]:
-        """Setting per compressible op index; names/indices that match no such op are errors."""
+        """Setting per compressible op index; names/indices that match no such op are errors.
+
+        ``[default]`` covers the layers its method can compress (binarization and low rank skip
+        depthwise convolutions, for one); the others stay as they are.  A ``[layers.*]`` entry
+        must name a layer its method can compress.
+        """
         ops = [op for op in graph.ops if op.opcode in COMPRESSIBLE_OPS]
         by_key: dict[str, int] = {}
         for op in ops:
@@ -51,7 +56,7 @@ class CompressionSpec:
                 by_key[op.name] = op.index
         chosen: dict[int, Setting] = {}
         if self.default is not None:
-            chosen = {op.index: self.default for op in ops}
+            chosen = {op.index: self.default for op in ops if _applies(self.default, graph, op)}
         for key, setting in self.layers.items():
             if key not in by_key:
                 names = ", ".join(f"{op.index} ({op.name or op.opcode})" for op in ops)
@@ -70,6 +75,13 @@ class CompressionSpec:
             name = key if key.isdigit() else f'"{key}"'
             lines += [f"[layers.{name}]", *_toml_items(self.layers[key].to_table()), ""]
         return "\n".join(lines)
+
+
+def _applies(setting: Setting, graph: Graph, op: Op) -> bool:
+    from toolkit.compress.base import LayerRef
+    from toolkit.compress.registry import get_method
+
+    return get_method(setting.method).applicable(LayerRef(graph, op))
 
 
 def _layer_sort_key(key: str) -> tuple[int, str]:
