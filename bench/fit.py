@@ -108,6 +108,14 @@ class Row:
                 "verdict": self.verdict, **{k: self.doc[k] for k in keep if k in self.doc}}
 
 
+def row_from_json(d: dict[str, Any]) -> Row:
+    """A row of a saved ``--json`` run (its ``boardfit.fit/1`` figures kept flat in the row)."""
+    doc = {k: v for k, v in d.items() if k not in ("model", "board", "budget", "flash_budget", "ram_budget",
+                                                    "status", "note", "seconds", "mix", "verdict")}
+    return Row(d["model"], d["board"], d["budget"], d["flash_budget"], d["ram_budget"], d["status"],
+               d["note"], d["seconds"], d["mix"], doc)
+
+
 def _mix(report: FitReport) -> str:
     counts: dict[str, int] = {}
     for layer in report.plan.layers:
@@ -215,7 +223,7 @@ def _pct(v: Any) -> str:
 
 
 def print_tables(rows: list[Row], goals: dict[str, Any]) -> None:
-    con = Console(width=230)
+    con = Console(width=220)
     t = Table(title="boardfit fit: predicted (plan) vs measured (QEMU, linked ELF), every held-back sample",
               title_justify="left")
     cols = ("model", "board", "flash budget", "plan mix", "flash pred", "flash meas", "code Δ", "image flash",
@@ -256,8 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", choices=("tight", "all", "board"), default="tight")
     ap.add_argument("--quick", action="store_true", help="the digits models only")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--table-from", type=Path, help="print the tables of a saved --json run (runs nothing)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.table_from is not None:
+        saved = [row_from_json(d) for d in json.loads(args.table_from.read_text())["rows"]]
+        print_tables(saved, targets(saved))
+        return 0
     models = args.models.split(",") if args.models else list(
         bench_planner.DIGITS if args.quick else bench_planner.MODELS)
     boards = args.boards.split(",")

@@ -147,8 +147,10 @@ def test_cnn_fits_the_microbit(tmp_path: Path) -> None:
     plan = load_plan(tmp_path / "plan.json")
     assert plan.validation is not None and plan.validation.indices is not None
     assert doc["data"]["streamed"]["indices"] == list(plan.validation.indices[:60])
-    # Bit-exact outputs: the device's accuracy is the host simulation's on the same samples.
+    # Bit-exact outputs: the device's accuracy is the host simulation's on the same samples; the
+    # plan's prediction is about all 200 held-back samples, so it is not compared with 60.
     assert doc["measured_accuracy"] == doc["simulated_accuracy"]
+    assert doc["checks"]["accuracy_within_0_5_points"] is None
     assert doc["predicted_latency_ms"] is None  # no latency data for the Cortex-M0: uncalibrated
     assert doc["measured_latency_ms"] > 0
 
@@ -170,12 +172,12 @@ def test_infeasible_budget_exits_2_with_the_minimum(tmp_path: Path) -> None:
 
 def _report(mlp_out: Path, **changes: Any) -> fitmod.FitReport:
     plan = load_plan(mlp_out / "plan.json")
+    assert plan.validation is not None
     base = fitmod.FitReport(
         model="m", board="mps2-an386", board_name="", runner="qemu-system", emulated=True, plan=plan,
-        outcome=None,  # type: ignore[arg-type]
         predicted=fitmod._predicted_sizes(plan),
         measured=fitmod._predicted_sizes(plan), measured_accuracy=plan.totals.predicted_accuracy,
-        agreement=rep.Agreement(10, 10, 100, 0, 0.0))
+        agreement=rep.Agreement(10, 10, 100, 0, 0.0), streamed=plan.validation)
     return dataclasses.replace(base, **changes)
 
 
@@ -193,6 +195,9 @@ def test_exit_code_checks(mlp: tuple[Path, dict[str, Any]], monkeypatch: pytest.
     assert over.checks()["code_within_10_percent"] is False
     worse = _report(out, measured_accuracy=(good.measured_accuracy or 0) - 0.01)
     assert worse.ok and worse.checks()["accuracy_within_0_5_points"] is False
+    assert good.plan.validation is not None
+    subset = _report(out, streamed=dataclasses.replace(good.plan.validation, count=5))
+    assert subset.checks()["accuracy_within_0_5_points"] is None  # not the predicted samples
     # The CLI exits 1 on a report that differs (the flow itself is replaced here).
     monkeypatch.setattr(fitmod, "fit_model", lambda req, progress=None: differs)
     monkeypatch.setattr("toolkit.tables.print_fit", lambda console, r: console.print("MISMATCH"))

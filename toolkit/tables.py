@@ -226,7 +226,10 @@ def _fit_rows(t: Table, r: FitReport) -> None:
     if pred is not None and meas is not None:
         diff = f"{meas - pred:+.2f} points"
         delta = _check(checks["accuracy_within_0_5_points"], diff, diff)
-    t.add_row(f"{_METRIC_LABEL.get(r.metric, r.metric)} ({r.samples} held-back samples)", "",
+    val = r.plan.validation
+    on = f"{r.samples} held-back samples" if r.all_held_back or val is None else \
+        f"device: {r.samples}, plan: all {val.count} held-back samples"
+    t.add_row(f"{_METRIC_LABEL.get(r.metric, r.metric)} ({on})", "",
               "—" if pred is None else f"{pred:.2f} %", "—" if meas is None else f"{meas:.2f} %", delta)
     b = r.plan.budgets.latency_ms
     c = r.counts
@@ -244,7 +247,8 @@ def print_fit(console: Console, r: FitReport) -> None:
     from toolkit.planner.report import print_plan
     from toolkit.validate.report import UNIT_NOTES
 
-    print_plan(console, r.outcome, r.plan_file, r.spec_file, r.plots)
+    if r.outcome is not None:
+        print_plan(console, r.outcome, r.plan_file, r.spec_file, r.plots)
     where = "emulated" if r.emulated else "device"
     t = Table(title=escape(f"predicted vs measured: {Path(r.model).name} on {r.board} ({where}, {r.runner})"),
               title_justify="left")

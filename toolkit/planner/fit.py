@@ -95,7 +95,7 @@ class FitReport:
     runner: str
     emulated: bool
     plan: Plan
-    outcome: PlanOutcome = field(compare=False, repr=False)
+    outcome: PlanOutcome | None = field(default=None, compare=False, repr=False)  # None: plan loaded
     plan_file: Path = field(default=Path(PLAN_FILE))
     spec_file: Path = field(default=Path("plan.spec.toml"))
     plots: tuple[Path, ...] = ()
@@ -165,6 +165,12 @@ class FitReport:
 
     # -- predicted against measured -----------------------------------------------------------
 
+    @property
+    def all_held_back(self) -> bool:
+        """Every held-back sample the plan's prediction is about was streamed (same samples)."""
+        val = self.plan.validation
+        return val is None or val.count == self.streamed.count
+
     def metric_points(self) -> tuple[float | None, float | None]:
         """(predicted, measured) of the plan's metric in points (percent)."""
         tot = self.plan.totals
@@ -191,7 +197,8 @@ class FitReport:
             else abs(m.code_bytes - p.code_bytes) <= CODE_TOLERANCE * p.code_bytes,
             "ram_exact": None if m is None else (m.arena_bytes, m.state_bytes, m.persistent_bytes)
             == (p.arena_bytes, p.state_bytes, p.persistent_bytes),
-            "accuracy_within_0_5_points": None if pred is None or meas is None
+            # Only comparable on the samples the prediction was made on (all held-back ones).
+            "accuracy_within_0_5_points": None if pred is None or meas is None or not self.all_held_back
             else abs(meas - pred) <= ACCURACY_TOLERANCE_POINTS,
         }
 
