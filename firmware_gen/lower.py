@@ -187,8 +187,15 @@ def _dsp_conv_scratch(call: KernelCall) -> int:
     return 2 * _round_up(k, 4) if plain else 0
 
 
+def _x86_conv_scratch(call: KernelCall) -> int:
+    """x86/conv.c: 4 im2col columns of K int16 padded to 16 (the AVX2 path; the portable build
+    reserves the same, since the size must not depend on compiler flags)."""
+    k, plain = _conv_k(call)
+    return 4 * _round_up(k, 16) * 2 if plain else 0
+
+
 SCRATCH_RULES.update({
-    "x86": {},
+    "x86": {"bf_conv2d_s8": _x86_conv_scratch},
     "neon": {"bf_conv2d_s8": _neon_conv_scratch},
     "armv7em": {"bf_conv2d_s8": _dsp_conv_scratch},
     "armv6m": {},

@@ -138,8 +138,16 @@ VARIANTS: Final[tuple[KernelVariant, ...]] = (
     KernelVariant(
         "x86", "x86-64 hosts: POPCNT / AVX2 / AVX-512 VPOPCNTDQ chosen by -m flags",
         frozenset({"x86_64"}), frozenset(),
-        _xnor("im2col bit tile + POPCNT / AVX2 VPSHUFB / AVX-512 VPOPCNTQ; AVX2 compare+movemask "
-              "binarization", 4096, 16)),
+        {"bf_conv2d_s8": Optimized("AVX2 builds: im2col to int16 (x + input offset) in scratch + "
+                                   "VPMADDWD GEMM, 2 channels × 4 positions (portable build: ref)",
+                                   _conv_not_grouped, _GROUPS),
+         "bf_depthwise_conv2d_s8": Optimized("AVX2 builds: 8 channels per vector (VPMOVSXBD + "
+                                             "VPMULLD) (portable build: ref)", _depth_multiplier_one,
+                                             _MULT1),
+         "bf_fully_connected_s8": Optimized("AVX2 builds: 4 units per pass, int16 widening + VPMADDWD "
+                                            "(portable build: ref)"),
+         **_xnor("im2col bit tile + POPCNT / AVX2 VPSHUFB / AVX-512 VPOPCNTQ; AVX2 compare+movemask "
+                 "binarization", 4096, 16)}),
     KernelVariant(
         "neon", "Arm Advanced SIMD (AArch64 and Armv7-A), SDOT where the core has it",
         frozenset({"aarch64", "armv7-a"}), frozenset({"neon"}),
