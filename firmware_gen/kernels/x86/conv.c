@@ -9,7 +9,9 @@
  * addition in another order).  Two output channels × four positions are accumulated per pass
  * over K (8 accumulators; each widened weight vector and each column vector is used four or
  * two times); the K % 16 tail uses zero-padded copies of the weight rows, the columns being
- * zero-padded in scratch.  Then the reference's per-channel requantization (bf_opt_requant).
+ * zero-padded in scratch.  Then the reference's per-channel requantization: eight channels of a
+ * position at a time by bf_x86_requant8 (bf_x86_requant.h, bit-identical with bf_opt_requant),
+ * the C_out % 8 channels by bf_opt_requant.
  *
  * Scratch (lower.py's SCRATCH_RULES["x86"] is the twin): 4 columns of K16 int16.  Grouped
  * convolutions run the reference code (no scratch).  Built without AVX2 this file is the
@@ -27,6 +29,7 @@
 #undef bf_conv2d_s8_scratch_bytes
 
 #include "../opt/bf_opt_util.h"
+#include "bf_x86_requant.h"
 
 #define BF_X86_COLS 4
 
@@ -148,7 +151,29 @@ void bf_conv2d_s8(const bf_conv2d_s8_params *p, const int8_t *input, const int8_
                               k16);
             }
         }
-        for (o = 0; o < out_c; o += 2) {
+        /* Groups of 8 channels: 4 blocks of 2, then one vector requantization per position. */
+        for (o = 0; o + 8 <= out_c; o += 8) {
+            int32_t t[BF_X86_COLS][8];
+            for (r = 0; r < 8; r += 2) {
+                const int8_t *w0 = filter + (int64_t)(o + r) * k;
+                int32_t acc[2][BF_X86_COLS];
+                bf_x86_block(w0, w0 + k, col, k, acc);
+                for (j = 0; j < BF_X86_COLS; ++j) {
+                    t[j][r] = acc[0][j];
+                    t[j][r + 1] = acc[1][j];
+                }
+            }
+            for (j = 0; j < np; ++j) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)t[j]);
+                if (bias != NULL) {
+                    v = _mm256_add_epi32(v, _mm256_loadu_si256((const __m256i *)(const void *)(bias + o)));
+                }
+                bf_x86_requant8(v, p->multiplier + o, p->shift + o, p->output_offset, p->act_min,
+                                p->act_max, output + (pos + j) * out_c + o);
+            }
+        }
+        /* The C_out % 8 channels: blocks of 2 (or 1), scalar requantization. */
+        for (; o < out_c; o += 2) {
             const int32_t rows = out_c - o < 2 ? 1 : 2;
             const int8_t *w0 = filter + (int64_t)o * k;
             int32_t acc[2][BF_X86_COLS];

@@ -6,7 +6,8 @@
  * the offset, VPMULLD): the reference's products, summed in the same tap order, so the int32
  * accumulators are bit-identical.  Taps in the padding are skipped as the reference skips them
  * (the valid tap range is computed once per position).  The C % 8 channels are scalar.  Then
- * the reference's per-channel requantization (bf_opt_requant).
+ * the reference's per-channel requantization, eight channels at a time by bf_x86_requant8
+ * (bf_x86_requant.h, bit-identical with bf_opt_requant), the C % 8 tail by bf_opt_requant.
  *
  * Depth multiplier != 1 runs the reference code; built without AVX2 this file is the reference
  * kernel.  No scratch.  bf_depthwise_conv2d_f32 is the reference kernel.
@@ -20,6 +21,7 @@
 #undef bf_depthwise_conv2d_s8
 
 #include "../opt/bf_opt_util.h"
+#include "bf_x86_requant.h"
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -36,7 +38,7 @@ void bf_depthwise_conv2d_s8(const bf_depthwise_conv2d_s8_params *p, const int8_t
     const int32_t out_h = p->output.h, out_w = p->output.w;
     const int32_t c8 = c & ~7;
     const __m256i io = _mm256_set1_epi32(p->input_offset);
-    int32_t b, oy, ox, ch, ky, kx, l;
+    int32_t b, oy, ox, ch, ky, kx;
     if (p->depth_multiplier != 1) {
         bf_ref_depthwise_conv2d_s8(p, input, filter, bias, output, scratch);
         return;
@@ -53,7 +55,6 @@ void bf_depthwise_conv2d_s8(const bf_depthwise_conv2d_s8_params *p, const int8_t
                 bf_opt_tap_range(x0, p->dilation_w, f_w, in_w, &kx0, &kx1);
                 for (ch = 0; ch < c8; ch += 8) {
                     __m256i acc = _mm256_setzero_si256();
-                    int32_t lanes[8];
                     for (ky = ky0; ky < ky1; ++ky) {
                         const int32_t y = y0 + ky * p->dilation_h;
                         const int8_t *row = input + ((int64_t)b * in_h + y) * in_w * c + ch;
@@ -68,11 +69,8 @@ void bf_depthwise_conv2d_s8(const bf_depthwise_conv2d_s8_params *p, const int8_t
                     if (bias != NULL) {
                         acc = _mm256_add_epi32(acc, _mm256_loadu_si256((const __m256i *)(const void *)(bias + ch)));
                     }
-                    _mm256_storeu_si256((__m256i *)(void *)lanes, acc);
-                    for (l = 0; l < 8; ++l) {
-                        out[ch + l] = bf_opt_requant(lanes[l], p->multiplier[ch + l], p->shift[ch + l],
-                                                     p->output_offset, p->act_min, p->act_max);
-                    }
+                    bf_x86_requant8(acc, p->multiplier + ch, p->shift + ch, p->output_offset, p->act_min,
+                                    p->act_max, out + ch);
                 }
                 for (ch = c8; ch < c; ++ch) {
                     int32_t acc = 0;
