@@ -77,6 +77,10 @@ run_tests() {
   log "mypy"; "$VENV/bin/mypy"
   log "pytest (ai-edge-litert, numpy 2)"
   "$py" -m pytest -q -p no:cacheprovider "$@"
+  log "pytest (every host kernel suite again under AddressSanitizer + UndefinedBehaviorSanitizer)"
+  BOARDFIT_SANITIZE=1 "$py" -m pytest -q -p no:cacheprovider tests/test_kernels_ref.py \
+    tests/test_kernels_simd.py tests/test_compress_binary.py tests/test_compress_lowrank.py \
+    tests/test_compress_prune.py tests/test_compress_uniform_kmeans.py
   setup_tflite_runtime
   log "pytest (tflite-runtime 2.14, numpy<2): oracle against the other interpreter"
   BOARDFIT_INTERPRETER=tflite-runtime "$VENV_TFLRT/bin/python" -m pytest -q -p no:cacheprovider \
