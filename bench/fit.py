@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import tempfile
 import time
@@ -114,6 +115,14 @@ def row_from_json(d: dict[str, Any]) -> Row:
                                                     "status", "note", "seconds", "mix", "verdict")}
     return Row(d["model"], d["board"], d["budget"], d["flash_budget"], d["ram_budget"], d["status"],
                d["note"], d["seconds"], d["mix"], doc)
+
+
+def methods(mix: str) -> str:
+    """``2× prune(bits=4, sparsity=0.9), int8`` → ``2 prune, int8`` (the table's short form)."""
+    counts: dict[str, int] = {}
+    for n, name in re.findall(r"(?:(\d+)× )?([a-z_0-9]+)(?:\([^)]*\))?(?:, |$)", mix):
+        counts[name] = counts.get(name, 0) + int(n or 1)
+    return ", ".join(f"{n} {name}" if n > 1 else name for name, n in counts.items())
 
 
 def _mix(report: FitReport) -> str:
@@ -223,13 +232,13 @@ def _pct(v: Any) -> str:
 
 
 def print_tables(rows: list[Row], goals: dict[str, Any]) -> None:
-    con = Console(width=220)
+    con = Console(width=250)
     t = Table(title="boardfit fit: predicted (plan) vs measured (QEMU, linked ELF), every held-back sample",
               title_justify="left")
-    cols = ("model", "board", "flash budget", "plan mix", "flash pred", "flash meas", "code Δ", "image flash",
+    cols = ("model", "board", "flash budget", "methods", "flash pred", "flash meas", "code Δ", "image flash",
             "RAM pred", "RAM meas", "metric", "pred %", "device %", "bit-exact", "lat. pred ms",
             "lat. meas ms", "s", "verdict")
-    left = ("model", "board", "plan mix", "metric", "verdict")
+    left = ("model", "board", "methods", "metric", "verdict")
     for col in cols:
         t.add_column(col, justify="left" if col in left else "right", overflow="fold")
     for r in rows:
@@ -240,7 +249,8 @@ def print_tables(rows: list[Row], goals: dict[str, Any]) -> None:
         p, m = d["sizes"]["predicted"], d["sizes"]["measured"] or {}
         code = "—" if not m else f"{100 * (m['code_bytes'] - p['code_bytes']) / p['code_bytes']:+.1f} %"
         a = d["agreement"]
-        t.add_row(r.model, r.board, f"{r.flash_budget:,} ({r.budget})", r.mix, _n(d["predicted_flash_bytes"]),
+        t.add_row(r.model, r.board, f"{r.flash_budget:,} ({r.budget})", methods(r.mix),
+                  _n(d["predicted_flash_bytes"]),
                   _n(d["measured_flash_bytes"]), code, _n(d["sizes"]["image"]["flash_bytes"]),
                   _n(d["predicted_ram_bytes"]), _n(d["measured_ram_bytes"]), d["metric"],
                   _pct(d["predicted_metric"]), _pct(d["measured_metric"]),

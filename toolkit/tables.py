@@ -217,10 +217,14 @@ def _fit_rows(t: Table, r: FitReport) -> None:
         code_note = _check(checks["code_within_10_percent"], f"{dev:+.1f} %", f"{dev:+.1f} %")
     t.add_row("  code (kernels + model.c)", "", _b(p.code_bytes), _b(None if m is None else m.code_bytes),
               code_note)
+    ram_note = "—"
+    if checks["fits_ram"] is False:
+        ram_note = "[red]OVER BUDGET[/]"
+    elif m is not None:
+        extra = m.ram_bytes - p.ram_bytes
+        ram_note = "[green]fits, exact[/]" if checks["ram_exact"] else f"[yellow]fits; {extra:+,} B[/]"
     t.add_row("RAM (arena + state + tables)", _b(r.ram_budget), _b(r.predicted_ram_bytes),
-              _b(r.measured_ram_bytes), _check(None if checks["fits_ram"] is None
-                                               else checks["fits_ram"] and bool(checks["ram_exact"]),
-                                               "fits, exact", "over budget or differs"))
+              _b(r.measured_ram_bytes), ram_note)
     pred, meas = r.metric_points()
     delta = "—"
     if pred is not None and meas is not None:
@@ -249,7 +253,7 @@ def print_fit(console: Console, r: FitReport) -> None:
 
     if r.outcome is not None:
         print_plan(console, r.outcome, r.plan_file, r.spec_file, r.plots)
-    where = "emulated" if r.emulated else "device"
+    where = "emulated" if r.emulated else ("this machine" if r.board == "host" else "device")
     t = Table(title=escape(f"predicted vs measured: {Path(r.model).name} on {r.board} ({where}, {r.runner})"),
               title_justify="left")
     for col in ("", "budget", "predicted (plan)", "measured (device)", "check"):
