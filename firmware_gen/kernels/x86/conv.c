@@ -48,13 +48,6 @@ size_t bf_conv2d_s8_scratch_bytes(const bf_conv2d_s8_params *p) {
 #if defined(__AVX2__)
 #include <immintrin.h>
 
-static inline int32_t bf_x86_conv_hsum(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(s);
-}
-
 /* Column of position (b, oy, ox): x + io in weight order, 0 in the padding and up to k16. */
 static void bf_x86_im2col(const bf_conv2d_s8_params *p, const int8_t *input, int32_t b, int32_t oy,
                           int32_t ox, int16_t *col, int32_t k16) {
@@ -119,10 +112,15 @@ static void bf_x86_block(const int8_t *w0, const int8_t *w1, const int16_t *cons
             a[1][j] = _mm256_add_epi32(a[1][j], _mm256_madd_epi16(wb, x));
         }
     }
-    for (r = 0; r < 2; ++r) {
-        for (j = 0; j < BF_X86_COLS; ++j) {
-            out[r][j] = bf_x86_conv_hsum(a[r][j]);
-        }
+    /* The 8 horizontal sums at once: out[r][j] is lane 4r + j of the reduction tree. */
+    {
+        const __m256i t0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0][0], a[0][1]),
+                                             _mm256_hadd_epi32(a[0][2], a[0][3]));
+        const __m256i t1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[1][0], a[1][1]),
+                                             _mm256_hadd_epi32(a[1][2], a[1][3]));
+        const __m256i sums = _mm256_add_epi32(_mm256_permute2x128_si256(t0, t1, 0x20),
+                                              _mm256_permute2x128_si256(t0, t1, 0x31));
+        _mm256_storeu_si256((__m256i *)(void *)&out[0][0], sums);
     }
 }
 
