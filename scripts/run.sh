@@ -68,6 +68,8 @@ demo() {
   # and latency.  Plan, spec, plots and firmware land in build/demo/fit.
   local bf="$VENV/bin/boardfit" model="examples/models/digits_mlp_float.tflite"
   "$bf" inspect "$model"
+  # The int8 CNN example as a C project built for this machine, with its size report.
+  "$bf" build examples/models/digits_cnn_int8.tflite --board host -o build/demo/host
   "$bf" fit "$model" --board mps2-an386 --data digits --flash 32K -o build/demo/fit
 }
 
