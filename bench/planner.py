@@ -272,6 +272,7 @@ def targets(rows: list[Row], timing_doc: dict[str, Any] | None) -> dict[str, Any
 
 LATENCY_MODELS = ("digits_mlp_int8", "digits_cnn_int8", "kws_dscnn_int8")
 LATENCY_FILE = ROOT / "boards" / "latency" / "cortex-m4.toml"
+LATENCY_BOARD = "mps2-an386"  # a Cortex-M4 with DSP: its optimized variant is calibrated too
 
 
 def _latency_calls(rng: np.random.Generator) -> list[tuple[Any, int, int, int]]:
@@ -321,17 +322,28 @@ def calibrate_latency() -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "tests"))
     from m4_harness import run_on_m4
 
+    from targets import isa
+    from toolkit.boards import load_board
     from toolkit.planner.cost import _kernel_tree
 
     cases = _latency_calls(np.random.default_rng(0))
-    sources, include = _kernel_tree()
-    results = []
-    for start in range(0, len(cases), 40):  # a few programs: each stays small enough to link
-        chunk = cases[start:start + 40]
-        results += run_on_m4([c[0] for c in chunk], sources, include)
     by_kernel: dict[str, list[tuple[int, int, int, float]]] = {}
-    for (call, macs, outs, taps), res in zip(cases, results, strict=True):
-        by_kernel.setdefault(call.call.symbol, []).append((macs, outs, taps, res.instructions))
+    # The ref kernels, then the calls the board's optimized variant runs (its build: a family's
+    # source from the variant, the variant's scratch), stored as "<symbol>@<variant>".
+    variants = tuple(isa.board_variants(load_board(LATENCY_BOARD)))
+    opt_cases = [(_for_variant(c[0], variants), *c[1:]) for c in cases]
+    runs = [("ref", ("ref",), cases)]
+    runs += [(v, variants, [c for c in opt_cases if isa.layer_variant(variants, c[0].call) == v])
+             for v in variants if v != "ref"]
+    for name, build, chosen in runs:
+        sources, include = _kernel_tree(build)
+        results = []
+        for start in range(0, len(chosen), 40):  # a few programs: each stays small enough to link
+            chunk = chosen[start:start + 40]
+            results += run_on_m4([c[0] for c in chunk], sources, include)
+        for (call, macs, outs, taps), res in zip(chosen, results, strict=True):
+            key = call.call.symbol if name == "ref" else f"{call.call.symbol}@{name}"
+            by_kernel.setdefault(key, []).append((macs, outs, taps, res.instructions))
     fits: dict[str, dict[str, float]] = {}
     worst = 0.0
     for sym, pts in sorted(by_kernel.items()):
@@ -339,6 +351,20 @@ def calibrate_latency() -> dict[str, Any]:
         worst = max(worst, fits[sym]["per_mac"])
     _write_latency(fits, worst)
     return fits
+
+
+def _for_variant(case: Any, variants: tuple[str, ...]) -> Any:
+    """``case`` with its call as a build with ``variants`` makes it: the scratch of the variant
+    that compiles its family (firmware_gen.lower.SCRATCH_RULES, as the generator applies it)."""
+    from dataclasses import replace
+
+    from firmware_gen.lower import SCRATCH_RULES
+    from targets import isa
+
+    rule = SCRATCH_RULES.get(isa.family_variant(variants, case.call.family), {}).get(case.call.symbol)
+    if rule is None:
+        return case
+    return replace(case, call=replace(case.call, scratch_bytes=int(rule(case.call))))
 
 
 _TERMS = ("fixed", "per_mac", "per_tap", "per_output")
@@ -376,7 +402,8 @@ def _fit(pts: list[tuple[int, int, int, float]]) -> dict[str, float]:
 
 def _write_latency(fits: dict[str, dict[str, float]], worst_per_mac: float) -> None:
     lines = [
-        "# Instruction counts of boardfit's portable (ref) kernels on a Cortex-M4, per call:",
+        "# Instruction counts of boardfit's kernels on a Cortex-M4, per call: the portable (ref) ones as",
+        "# [kernels.<symbol>], the optimized variant's (armv7em, DSP) as [kernels.\"<symbol>@<variant>\"]:",
         "#   instructions = fixed + per_mac * MACs + per_tap * outputs * (kh * kw) + per_output * outputs",
         "# (MACs as each compression option counts them: Option.macs).  Measured by",
         "# `python bench/planner.py --calibrate-latency` on QEMU 7.2 mps2-an386 with -icount shift=6",
@@ -394,7 +421,8 @@ def _write_latency(fits: dict[str, dict[str, float]], worst_per_mac: float) -> N
         "",
     ]
     for sym, f in fits.items():
-        lines += [f"[kernels.{sym}]  # {int(f['points'])} calls, max error {100 * f['max_error']:.1f} %",
+        key = sym if "@" not in sym else f'"{sym}"'
+        lines += [f"[kernels.{key}]  # {int(f['points'])} calls, max error {100 * f['max_error']:.1f} %",
                   f"fixed = {f['fixed']:.1f}", f"per_mac = {f['per_mac']:.4f}",
                   f"per_tap = {f['per_tap']:.4f}", f"per_output = {f['per_output']:.4f}", ""]
     LATENCY_FILE.parent.mkdir(parents=True, exist_ok=True)

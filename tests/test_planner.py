@@ -188,7 +188,14 @@ def cnn_graph():  # type: ignore[no-untyped-def]
 
 
 def test_cost_model_matches_the_generator_for_the_dense_model(cnn_graph) -> None:  # type: ignore[no-untyped-def]
-    cost = build_cost_model(cnn_graph, None)
+    from targets import isa
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv(isa.OVERRIDE_ENV, "ref")  # host CPUs differ: the portable kernels, exactly
+    try:
+        cost = build_cost_model(cnn_graph, None)
+    finally:
+        mp.undo()
     int8 = get_method("int8")
     selection = {i: int8.option(LayerRef(cnn_graph, cnn_graph.ops[i]), Setting.of("int8"))
                  for i in cost.layer_ops}
@@ -196,13 +203,54 @@ def test_cost_model_matches_the_generator_for_the_dense_model(cnn_graph) -> None
     program = build_program(cnn_graph)
     from toolkit.planner.cost import _kernel_tree
 
-    sources, include = _kernel_tree()
+    sources, include = _kernel_tree(("ref",))
     sizes, _ = predict(program, host_toolchain(), sources, include)
     assert fp.ram_bytes == sizes.ram_bytes
     assert fp.code_bytes == sizes.code_bytes
     # Each layer's params struct is counted rounded up to 8 bytes: never less than the generator.
     assert sizes.flash_bytes <= fp.flash_bytes <= sizes.flash_bytes + 8 * len(cost.layer_ops)
     assert max(s.fixed_bytes for s in cost.steps) <= sizes.arena_bytes
+
+
+# The plans' mixes on a board with an optimized variant (mps2-an386: armv7em DSP kernels): the
+# cost model must predict what the generator builds for that board, not the portable kernels.
+_BOARD_MIXES = {
+    "digits_cnn_int8": lambda ops: {i: Setting.of("int8") if k % 2 == 0 else Setting.of("quant", bits=4)
+                                    for k, i in enumerate(ops)},
+    "digits_mlp_int8": lambda ops: {i: Setting.of("prune", sparsity=0.9, bits=4, huffman="boot") if k == 0
+                                    else Setting.of("int8") for k, i in enumerate(ops)},
+}
+
+
+@pytest.mark.parametrize("model", sorted(_BOARD_MIXES))
+def test_cost_model_predicts_the_board_build(model: str, tmp_path: Path) -> None:
+    from firmware_gen.project import generate_project
+    from targets import isa
+    from toolkit.boards import load_board
+    from toolkit.compress.model import compress_graph
+
+    board = load_board("mps2-an386")
+    if not isa.board_variants(board)[0].startswith("armv7em"):
+        pytest.skip("$BOARDFIT_KERNEL_VARIANTS overrides the board's variants")
+    graph = read_tflite(MODELS / f"{model}.tflite")
+    cost = build_cost_model(graph, board)
+    settings = _BOARD_MIXES[model](cost.layer_ops)
+    calib = load_dataset("digits:calib", graph)
+    cm = compress_graph(graph, settings, np.asarray(calib.x[:32]))
+    project = generate_project(graph, tmp_path / "gen", board=board, compressed=cm)
+    assert project.predicted is not None, "arm-none-eabi-gcc is needed"
+    fp = cost.footprint({i: layer.option for i, layer in cm.layers.items()})
+    gen = project.predicted
+    # Each planned layer runs the variant the generator records, with that variant's scratch.
+    assert {i: cost.variant_of(cm.layers[i].option) for i in cost.layer_ops} == \
+        {i: project.program.layer_variants[i] for i in cost.layer_ops}
+    assert "armv7em" in {cost.variant_of(cm.layers[i].option) for i in cost.layer_ops}
+    assert fp.arena_bytes == gen.arena_bytes
+    assert fp.persistent_bytes == gen.persistent_bytes
+    assert fp.ram_bytes == gen.ram_bytes
+    # Kernels are measured on the same sources; model.c's estimate counts the uncompressed
+    # call's arguments, so code may differ by a few bytes per compressed layer.
+    assert abs(fp.code_bytes - gen.code_bytes) <= 0.10 * gen.code_bytes
 
 
 def test_latency_data_files_parse() -> None:
@@ -448,6 +496,12 @@ class _StubCost:
 
     def option_latency_ms(self, o):  # type: ignore[no-untyped-def]
         return 0.0
+
+    def option_scratch(self, o):  # type: ignore[no-untyped-def]
+        return o.ram_bytes
+
+    def variant_of(self, o):  # type: ignore[no-untyped-def]
+        return "ref"
 
     def kernel_code(self, k):  # type: ignore[no-untyped-def]
         return 0

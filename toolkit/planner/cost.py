@@ -28,10 +28,18 @@ whole run.  The live sum is a lower bound of the arena the generator's placement
 :meth:`CostModel.footprint` runs that placement (``firmware_gen.arena.plan_arena``) and the
 planner tightens the solver's bound when placement needs more (:mod:`toolkit.planner.pipeline`).
 
+**Kernel variants**: the build for a board compiles each kernel family from the first variant
+targets/isa.py chooses for it (armv7em DSP on M4/M7/M33, neon, x86; ``ref`` last).  The cost
+model measures code on exactly those sources, takes each option's scratch from that variant's
+rule (``firmware_gen.lower.SCRATCH_RULES``) and records per layer the variant that runs it
+(:func:`targets.isa.layer_variant`, as the generator's ``layer_variants``).  Persistent tables
+count in 8-byte slots, as ``bf_persist`` lays them out.
+
 **Latency** (optional): per kernel, ``fixed + per_mac · MACs + per_tap · outputs · window +
 per_output · outputs`` instructions (:class:`KernelTiming`) from the board core's data file
 ``boards/latency/<core>.toml`` (measured under QEMU with ``-icount``), divided by the clock.
-Without a data file latency is *uncalibrated*: reported as None and a latency budget is refused.
+An optimized variant's kernel needs its own ``"<symbol>@<variant>"`` entry (ref data would
+overstate it 2–3×); without one, or without a data file, latency is *uncalibrated*: reported as None and a latency budget is refused.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import logging
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -50,7 +58,7 @@ import numpy as np
 
 from firmware_gen import cdecl
 from firmware_gen.arena import live_buffers, plan_arena
-from firmware_gen.lower import KernelCall
+from firmware_gen.lower import SCRATCH_RULES, KernelCall, lower_op
 from firmware_gen.program import ALIGN, ModelProgram, build_program, round_up
 from firmware_gen.sizes import data_model, isa_family, kernel_code, model_code_estimate
 from toolkit.compress.base import COMPRESSIBLE_OPS, Option
@@ -192,11 +200,36 @@ class _Toolchain:
     toolchain: Any  # targets.toolchains.Toolchain
     sources: tuple[Path, ...]
     include_dirs: tuple[Path, ...]
+    extra: tuple[str, ...] = ()  # the variants' compiler flags (targets.isa.build_cflags)
 
 
-def _kernel_tree() -> tuple[tuple[Path, ...], tuple[Path, ...]]:
-    root = Path(str(resources.files("firmware_gen").joinpath("kernels")))
-    return tuple(sorted((root / "ref").glob("*.c"))), (root / "include", root / "ref")
+def _kernel_root() -> Path:
+    return Path(str(resources.files("firmware_gen").joinpath("kernels")))
+
+
+def _kernel_tree(variants: Sequence[str]) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+    """The kernel sources a build with ``variants`` compiles: each family (``ref/<family>.c``)
+    from the first variant that has it (:func:`targets.isa.family_variant`, the generator's
+    rule), and the include directories (public headers, then every variant directory)."""
+    from targets import isa
+
+    root = _kernel_root()
+    sources = []
+    for ref_src in sorted((root / isa.REF).glob("*.c")):
+        chosen = isa.family_variant(variants, ref_src.stem, root)
+        sources.append(root / chosen / ref_src.name)
+    dirs = [root / "include", *(d for d in sorted(root.iterdir()) if d.is_dir() and d.name != "include")]
+    return tuple(sources), tuple(dirs)
+
+
+@cache
+def _family_of(symbol: str) -> str | None:
+    """The kernel family (``ref/<family>.c``) that defines ``symbol``, found in the source text."""
+    pattern = re.compile(rf"^\w[\w\s\*]*\b{re.escape(symbol)}\s*\(", re.M)
+    for src in sorted((_kernel_root() / "ref").glob("*.c")):
+        if pattern.search(src.read_text(encoding="utf-8")):
+            return src.stem
+    return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -219,6 +252,10 @@ class CostModel:
     clock_hz: int | None = None
     latency: LatencyModel | None = None
     base_latency_ms: float | None = None
+    # Kernel variants of the board's build (targets/isa.py, preference order, "ref" last) and
+    # the reference lowering of each planned layer (its geometry decides variant and scratch).
+    variants: tuple[str, ...] = ("ref",)
+    layer_calls: Mapping[int, KernelCall] = field(default_factory=dict)
     _tc: _Toolchain | None = field(default=None, repr=False)
     _marginal: dict[str, int] = field(default_factory=dict, repr=False)
 
@@ -245,10 +282,63 @@ class CostModel:
             self._marginal[symbol] = self._code([*self.base_kernels, symbol])[0] - self.base_code_bytes
         return self._marginal[symbol]
 
+    def _call(self, option: Option) -> tuple[KernelCall, str]:
+        """The call that runs ``option`` as the generator lowers it, and the variant whose
+        source of its family the build compiles (:func:`targets.isa.family_variant`)."""
+        from targets import isa
+
+        ref = self.layer_calls.get(option.op_index)
+        if ref is None:
+            raise PlanError(f"op {option.op_index} is not a planned layer")
+        if option.kernel == ref.symbol:
+            fam = isa.family_variant(self.variants, ref.family)
+            op = self.graph.ops[option.op_index]
+            return (ref if fam == isa.REF else lower_op(self.graph, op, fam)), fam
+        # A compressed kernel: same activations and geometry, its own symbol and family.
+        family = _family_of(option.kernel) or ref.family
+        call = replace(ref, symbol=option.kernel, family=family)
+        return call, isa.family_variant(self.variants, family)
+
+    def variant_of(self, option: Option) -> str:
+        """The variant whose code runs ``option`` (:func:`targets.isa.layer_variant`, the rule the
+        generator records as ``layer_variants``): an optimized one, or ``"ref"``."""
+        from targets import isa
+
+        if not self.layer_calls:
+            return isa.REF
+        call, fam = self._call(option)
+        try:
+            return isa.layer_variant(self.variants, call)
+        except (KeyError, AssertionError, AttributeError, TypeError, ValueError):
+            # The variant's predicate reads parameters only the compressed call has: its family
+            # source is compiled; whether the optimized path applies is decided at build time.
+            return fam
+
+    def option_scratch(self, option: Option) -> int:
+        """Scratch of ``option`` in the board's build: the variant's rule
+        (``firmware_gen.lower.SCRATCH_RULES``) when it has one for the kernel, else the option's."""
+        if not self.layer_calls:
+            return option.ram_bytes
+        call, fam = self._call(option)
+        if option.kernel == self.layer_calls[option.op_index].symbol:
+            return call.scratch_bytes
+        rule = SCRATCH_RULES.get(fam, {}).get(option.kernel)
+        return option.ram_bytes if rule is None else int(rule(call))
+
+    def timing_of(self, symbol: str, variant: str) -> KernelTiming | None:
+        """Latency data of ``symbol`` as ``variant`` runs it: ref kernels use ``[kernels.<symbol>]``
+        (or ``[default]``); an optimized variant needs its own ``[kernels."<symbol>@<variant>"]``
+        — ref data would overstate it 2–3× — else it is uncalibrated (None)."""
+        if self.latency is None:
+            return None
+        if variant == "ref":
+            return self.latency.timing(symbol)
+        return self.latency.kernels.get(f"{symbol}@{variant}")
+
     def option_latency_ms(self, option: Option) -> float | None:
         if self.latency is None or self.clock_hz is None:
             return None
-        timing = self.latency.timing(option.kernel)
+        timing = self.timing_of(option.kernel, self.variant_of(option))
         if timing is None:
             return None
         instr = timing.instructions(option.macs, self.output_elements.get(option.op_index, 0),
@@ -261,7 +351,8 @@ class CostModel:
         if self._tc is None:
             return 0, {}
         try:
-            total, per, _ = kernel_code(self._tc.toolchain, self._tc.sources, self._tc.include_dirs, symbols)
+            total, per, _ = kernel_code(self._tc.toolchain, self._tc.sources, self._tc.include_dirs, symbols,
+                                        self._tc.extra)
         except BoardfitError as exc:
             raise PlanError(f"cannot measure kernel code for {self.target}: {exc}") from exc
         return total, per
@@ -288,9 +379,10 @@ class CostModel:
             other_weights_bytes=self.other_weights_bytes,
             other_params_bytes=self.other_params_bytes,
             code_bytes=code + self.model_code_bytes,
-            arena_bytes=self.arena_bytes({i: o.ram_bytes for i, o in selection.items()}),
+            arena_bytes=self.arena_bytes({i: self.option_scratch(o) for i, o in selection.items()
+                                          if not o.persistent_ram_bytes}),
             state_bytes=self.state_bytes,
-            persistent_bytes=sum(o.persistent_ram_bytes for o in selection.values()),
+            persistent_bytes=sum(round_up(o.persistent_ram_bytes, ALIGN) for o in selection.values()),
             kernels=per,
             latency_ms=latency,
         )
@@ -341,10 +433,12 @@ def build_cost_model(graph: Graph, board: Any | None = None, *, measure_code: bo
     """The cost model of ``graph`` on ``board`` (a :class:`toolkit.boards.Board`; None: this
     machine).  ``measure_code=False`` leaves kernel code out (0 bytes), for tests and for
     targets without a toolchain.  ``latency``: default the board core's data file."""
+    from targets import isa
     from targets.toolchains import toolchain_for
 
+    variants = tuple(isa.board_variants(board))
     try:
-        program = build_program(graph)
+        program = build_program(graph, variants=variants)
     except BoardfitError as exc:
         raise PlanError(f"the code generator cannot build {graph.name}: {exc}") from exc
     layers = tuple(op.index for op in graph.ops if op.opcode in COMPRESSIBLE_OPS)
@@ -364,8 +458,8 @@ def build_cost_model(graph: Graph, board: Any | None = None, *, measure_code: bo
         if not tc.available():
             raise PlanError(f"the toolchain of {getattr(board, 'id', 'host')} ({tc.cc}) is not installed: "
                             "kernel code cannot be measured")
-        sources, include = _kernel_tree()
-        tcinfo = _Toolchain(tc, sources, include)
+        sources, include = _kernel_tree(variants)
+        tcinfo = _Toolchain(tc, sources, include, isa.build_cflags(variants, isa.target_of(board)))
     base_kernels = tuple(sorted({c.symbol for c in other_calls.values()}))
     clock = getattr(board, "clock_hz", None)
     if latency is None and board is not None:
@@ -379,10 +473,11 @@ def build_cost_model(graph: Graph, board: Any | None = None, *, measure_code: bo
         other_scratch=other_scratch, in_place=in_place,
         output_elements={op.index: int(np.prod(graph.tensors[op.outputs[0]].shape)) for op in graph.ops
                          if op.outputs},
-        taps={i: filter_taps(graph, i) for i in layers}, clock_hz=clock, latency=latency, _tc=tcinfo)
+        taps={i: filter_taps(graph, i) for i in layers}, clock_hz=clock, latency=latency, _tc=tcinfo,
+        variants=variants, layer_calls={i: lower_op(graph, graph.ops[i]) for i in layers})
     base_code = cm._code(base_kernels)[0] if base_kernels else 0
-    base_latency = _base_latency(cm, other_calls)
-    from dataclasses import replace
+    base_latency = _base_latency(cm, {i: (c, program.layer_variants.get(i, "ref"))
+                                      for i, c in other_calls.items()})
 
     return replace(cm, base_code_bytes=base_code, base_latency_ms=base_latency)
 
@@ -401,12 +496,13 @@ def _is_layer_member(name: str, layers: set[int]) -> bool:
     return m is not None and int(m.group(1)) in layers
 
 
-def _base_latency(cm: CostModel, calls: Mapping[int, KernelCall]) -> float | None:
+def _base_latency(cm: CostModel, calls: Mapping[int, tuple[KernelCall, str]]) -> float | None:
     if cm.latency is None or cm.clock_hz is None:
         return None
     total = 0.0
-    for i, c in calls.items():
-        timing = cm.latency.kernels.get(c.symbol)  # no default: these kernels have no MACs
+    for i, (c, variant) in calls.items():
+        # No default: these kernels have no MACs; an optimized variant needs its own entry.
+        timing = cm.latency.kernels.get(c.symbol if variant == "ref" else f"{c.symbol}@{variant}")
         if timing is None:
             log.info("no latency data for %s on %s: latency uncalibrated", c.symbol, cm.latency.core)
             return None

@@ -284,7 +284,9 @@ def build_problem(sens: Sensitivity, cost: CostModel, need_latency: bool = False
                 log.warning("%s: no latency data for %s; option %s left out", layer.name, o.kernel,
                             o.setting.label)
                 continue
-            row.append(Item(cost.option_flash(o), round_up(o.ram_bytes, 8), o.persistent_ram_bytes, o.kernel,
+            # Scratch of the board's variant; persistent tables in 8-byte slots as bf_persist has them.
+            scratch = 0 if o.persistent_ram_bytes else round_up(cost.option_scratch(o), 8)
+            row.append(Item(cost.option_flash(o), scratch, round_up(o.persistent_ram_bytes, 8), o.kernel,
                             c.measurement.loss, ms or 0.0, c.measurement.output_error))
             kernels.add(o.kernel)
         if not row:
@@ -709,8 +711,9 @@ def _assemble(req: PlanRequest, prepared: Prepared, board: Any, cost: CostModel,
         c = sens.layer(op_index).candidate(option.setting)
         layers.append(PlannedLayer(
             op_index=op_index, name=graph.ops[op_index].label, opcode=graph.ops[op_index].opcode,
-            setting=option.setting, kernel=option.kernel, variant="ref", flash_bytes=option.flash_bytes,
-            params_bytes=cost.params_bytes(option.kernel), scratch_bytes=option.ram_bytes,
+            setting=option.setting, kernel=option.kernel, variant=cost.variant_of(option),
+            flash_bytes=option.flash_bytes,
+            params_bytes=cost.params_bytes(option.kernel), scratch_bytes=cost.option_scratch(option),
             persistent_ram_bytes=option.persistent_ram_bytes, macs=option.macs,
             predicted_loss=c.measurement.loss, predicted_accuracy=c.measurement.accuracy,
             loss_measured=c.measurement.exact, latency_ms=cost.option_latency_ms(option)))
