@@ -39,7 +39,8 @@ count in 8-byte slots, as ``bf_persist`` lays them out.
 per_output · outputs`` instructions (:class:`KernelTiming`) from the board core's data file
 ``boards/latency/<core>.toml`` (measured under QEMU with ``-icount``), divided by the clock.
 An optimized variant's kernel needs its own ``"<symbol>@<variant>"`` entry (ref data would
-overstate it 2–3×); without one, or without a data file, latency is *uncalibrated*: reported as None and a latency budget is refused.
+overstate it 2–3×); without one, or without a data file, latency is *uncalibrated*: reported
+as None and a latency budget is refused.
 """
 
 from __future__ import annotations
