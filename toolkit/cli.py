@@ -39,6 +39,12 @@ T = TypeVar("T")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of tables.")]
 ModelArg = Annotated[Path, typer.Argument(help="A .tflite model file.", show_default=False)]
+# Budgets shared by `plan` and `fit` (sizes parsed by _parse_bytes).
+FlashBudget = Annotated[str | None, typer.Option(help="Flash budget (bytes, 32K, 1M); default: the board's.")]
+RamBudget = Annotated[str | None, typer.Option(help="RAM budget (bytes, 16K); default: the board's.")]
+LatencyBudget = Annotated[
+    float | None, typer.Option("--latency-ms", help="Latency budget (needs the core's latency data).")
+]
 
 
 def _guarded(fn: Callable[[], T]) -> T:
@@ -350,13 +356,9 @@ def plan(
     calib: Annotated[
         str | None, typer.Option(help="Calibration data; then all of --data is validation data.")
     ] = None,
-    flash: Annotated[
-        str | None, typer.Option(help="Flash budget (bytes, 32K, 1M); default: the board's.")
-    ] = None,
-    ram: Annotated[str | None, typer.Option(help="RAM budget (bytes, 16K); default: the board's.")] = None,
-    latency_ms: Annotated[
-        float | None, typer.Option("--latency-ms", help="Latency budget (needs the core's latency data).")
-    ] = None,
+    flash: FlashBudget = None,
+    ram: RamBudget = None,
+    latency_ms: LatencyBudget = None,
     max_drop: Annotated[
         float | None,
         typer.Option("--max-drop", help="Largest accuracy drop accepted, in points (verified on the "
@@ -424,13 +426,9 @@ def fit(
     calib: Annotated[
         str | None, typer.Option(help="Calibration data; then all of --data is held back for validation.")
     ] = None,
-    flash: Annotated[
-        str | None, typer.Option(help="Flash budget (bytes, 32K, 1M); default: the board's.")
-    ] = None,
-    ram: Annotated[str | None, typer.Option(help="RAM budget (bytes, 16K); default: the board's.")] = None,
-    latency_ms: Annotated[
-        float | None, typer.Option("--latency-ms", help="Latency budget (needs the core's latency data).")
-    ] = None,
+    flash: FlashBudget = None,
+    ram: RamBudget = None,
+    latency_ms: LatencyBudget = None,
     max_drop: Annotated[
         float | None, typer.Option("--max-drop", help="Largest accuracy drop accepted, in points.")
     ] = None,
